@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from .checks import check_real
 from .engine import BACKENDS, backend_for
+from .engine.stages import Tensors
 from .engine.namespace import (
     array_namespace,
     device,
@@ -128,6 +129,19 @@ class Optimizer:
       only when their parameter gets a gradient (as ``'step'`` does), and
       ``state_dict``/``load_state_dict`` carry and check them like ``'step'``.
 
+    Four hooks cover what depends on a parameter's shape or dtype (never its
+    values): ``_param_state_keys(group, param)`` (default ``_state_keys``:
+    Adafactor keeps row and column factors for a matrix, a full second
+    moment for a vector), ``_state_shape(key, param, group)`` (default the
+    parameter's shape), ``_param_static(group, param)`` and
+    ``_param_scalars(group, param)`` (merged into the static configuration and
+    the host scalars; Muon scales its lr by the matrix's aspect ratio).
+    Parameters are bucketed by all of them.
+
+    An algorithm whose step is not one element-wise rule overrides
+    :meth:`update`, which gets one bucket of tensors and runs its tensor-level
+    and element-wise stages (:mod:`ms_optim.engine.stages`).
+
     The contract that keeps ``step`` cheap: ``_host_scalars``, ``_step_static``
     and ``_next_host_state`` read from ``state`` only its host numbers
     (``'step'`` and :attr:`host_state_keys`) and which state arrays exist,
@@ -234,6 +248,33 @@ class Optimizer:
     def _init_state_array(self, key: str, param, group: dict, xp):
         return xp.zeros_like(param)
 
+    def _param_state_keys(self, group: dict, param) -> tuple[str, ...]:
+        """The state arrays of one parameter (default: the group's ``_state_keys``)."""
+        return self._state_keys(group)
+
+    def _state_shape(self, key: str, param, group: dict) -> tuple[int, ...]:
+        """The shape of state array ``key`` of ``param`` (default: the parameter's)."""
+        return tuple(param.shape)
+
+    def _param_static(self, group: dict, param) -> dict:
+        """Static configuration that depends on the parameter's shape or dtype."""
+        return {}
+
+    def _param_scalars(self, group: dict, param) -> dict:
+        """Host scalars that depend on the parameter's shape or dtype."""
+        return {}
+
+    def update(self, t) -> None:
+        """One step of one bucket of tensors (:class:`~ms_optim.engine.stages.Tensors`).
+
+        The default is the classic single fused pass: :attr:`rule` over
+        ``(p, g, *state)``, writing ``p`` and the state in place. An algorithm
+        that needs tensor-level stages overrides this.
+        """
+        keys = tuple(t.state)
+        t.elementwise(type(self).rule, [t.p, t.g, *(t.state[k] for k in keys)],
+                      writes=(0, *range(2, 2 + len(keys))))
+
     def _step_static(self, group: dict, state: dict) -> dict:
         """Static configuration that depends on a parameter's state before this step."""
         return {}
@@ -269,6 +310,9 @@ class Optimizer:
         checked = self._checked_grads(grads)
         for group in self.param_groups:
             self._validate(group)
+        cls = type(self)
+        per_param = self._has_param_hooks()
+        staged = cls.update is not Optimizer.update
         # Plan everything (new state arrays, scalars, buckets) before writing anything.
         buckets: dict[tuple, list] = {}
         commits = []
@@ -276,7 +320,7 @@ class Optimizer:
         host_keys = (("step",) if self.tracks_step else ()) + tuple(self.host_state_keys)
         index = 0
         for gi, group in enumerate(self.param_groups):
-            keys = self._state_keys(group)
+            keys = self._state_keys(group) if not per_param else None
             group_static = self._static(group)
             for p in group["params"]:
                 g = checked[index]
@@ -285,39 +329,51 @@ class Optimizer:
                     continue
                 xp = array_namespace(p)
                 state = self.state.get(p, _NO_STATE)
-                missing = tuple(k for k in keys if k not in state)
+                p_keys = keys if not per_param else self._param_state_keys(group, p)
+                missing = tuple(k for k in p_keys if k not in state)
                 # The hooks see only host numbers and which arrays exist (the
                 # contract in the class docstring), so parameters at the same
                 # point of their history share one plan: one set of hook calls.
                 plan_key = (gi, missing, *(state.get(k) for k in host_keys))
+                if per_param:
+                    plan_key += (p_keys, tuple(p.shape), str(p.dtype))
                 plan = plans.get(plan_key)
                 if plan is None:
-                    plan = plans[plan_key] = self._plan(group, group_static, state)
+                    plan = plans[plan_key] = self._plan(group, group_static, state, p if per_param else None)
                 scalars, static, host, signature = plan
                 new_arrays = {k: self._init_state_array(k, p, group, xp) for k in missing}
-                arrays = [state[k] if k in state else new_arrays[k] for k in keys]
-                buckets.setdefault((gi, xp, p.dtype, signature), []).append((p, g, arrays, scalars, static, xp))
+                arrays = [state[k] if k in state else new_arrays[k] for k in p_keys]
+                if math.prod(p.shape):  # an empty tensor has nothing to update, but counts the step
+                    buckets.setdefault((gi, xp, p.dtype, p_keys, signature), []).append(
+                        (p, g, arrays, scalars, static, xp))
                 commits.append((p, new_arrays, host))
-        for (gi, xp, *_), entries in buckets.items():
+        for (gi, xp, _, p_keys, _), entries in buckets.items():
             _, _, _, scalars, static, _ = entries[0]
-            backend_for(xp, self.backend).run(
-                type(self).rule,
-                static,
-                scalars,
-                [e[0] for e in entries],
-                [e[1] for e in entries],
-                [e[2] for e in entries],
-                xp,
-            )
+            backend = backend_for(xp, self.backend)
+            params = [e[0] for e in entries]
+            grads_ = [e[1] for e in entries]
+            if staged:
+                state_lists = {k: [e[2][i] for e in entries] for i, k in enumerate(p_keys)}
+                self.update(Tensors(backend, xp, params, grads_, state_lists, scalars, static, self.param_groups[gi]))
+            else:
+                backend.run(cls.rule, static, scalars, params, grads_, [e[2] for e in entries], xp)
         for p, new_arrays, host in commits:
             state = self.state[p]
             state.update(new_arrays)
             state.update(host)
 
-    def _plan(self, group: dict, group_static: dict, state: dict) -> tuple:
+    def _has_param_hooks(self) -> bool:
+        cls = type(self)
+        return any(getattr(cls, name) is not getattr(Optimizer, name)
+                   for name in ("_param_state_keys", "_param_static", "_param_scalars"))
+
+    def _plan(self, group: dict, group_static: dict, state: dict, param=None) -> tuple:
         """(scalars, static, host numbers after the step, bucket signature) of one update."""
         scalars = {k: float(v) for k, v in self._host_scalars(group, state).items()}
         static = {**group_static, **self._step_static(group, state)}
+        if param is not None:
+            scalars.update({k: float(v) for k, v in self._param_scalars(group, param).items()})
+            static.update(self._param_static(group, param))
         host = {k: float(v) for k, v in self._next_host_state(group, state).items()}
         if self.tracks_step:
             host = {"step": self._next_step(state), **host}
@@ -429,7 +485,7 @@ class Optimizer:
         where = f"state_dict['state'][{pid!r}]"
         if not isinstance(st, Mapping):
             raise TypeError(f"{where} must be a dict, got {type(st).__name__}")
-        keys = set(self._state_keys(group))
+        keys = set(self._param_state_keys(group, p))
         host_keys = set(self.host_state_keys) | ({"step"} if self.tracks_step else set())
         allowed = keys | host_keys
         unknown = set(st) - allowed
@@ -444,14 +500,16 @@ class Optimizer:
         for k in self.host_state_keys:
             if st:
                 out[k] = _checked_host_value(f"{where}[{k!r}]", st[k])
-        for k in self._state_keys(group):
+        for k in self._param_state_keys(group, p):
             if k not in st:
                 continue
             value = st[k]
             if not is_array(value):
                 raise TypeError(f"{where}[{k!r}] must be an array, got {type(value).__name__}")
-            if tuple(value.shape) != tuple(p.shape):
-                raise ValueError(f"{where}[{k!r}] has shape {tuple(value.shape)}, its parameter {tuple(p.shape)}")
+            expected = self._state_shape(k, p, group)
+            if tuple(value.shape) != expected:
+                what = "its parameter" if expected == tuple(p.shape) else "expected"
+                raise ValueError(f"{where}[{k!r}] has shape {tuple(value.shape)}, {what} {expected}")
             out[k] = to_namespace(value, like=p)
         return out
 

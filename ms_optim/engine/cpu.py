@@ -116,6 +116,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .eager import run_eager
+from .layout import Layout, as_layout, broadcast_run
 from .tracer import Graph, trace
 
 __all__ = [
@@ -170,15 +171,21 @@ def _const_value(graph: Graph, index: int) -> float | None:
     return float(node.attr) if node.op == "const" else None
 
 
-def emit_body(graph: Graph, T: str, indent: str = "        ") -> tuple[list[str], list[str]]:
+def emit_body(graph: Graph, T: str, indent: str = "        ",
+              layout: Layout | None = None) -> tuple[list[str], list[str]]:
     """The loop body for one element ``i``: (statements, stores).
 
-    Inputs are read from ``x0[i], x1[i], ...`` through ``LOAD(...)``, hoisted
-    scalars are the locals ``h0, h1, ...``, and each output ``k`` is stored
-    into its in-place target (``x0`` for the parameter, ``x{k+1}`` for state
-    ``k``) through ``STORE(...)``; the caller substitutes LOAD/STORE for the
-    storage dtype.
+    Full-array inputs are read from ``x0[i], x1[i], ...`` through ``LOAD(...)``;
+    a ``"scalar"`` operand ``k`` is the local ``x{k}v`` (loaded once per row)
+    and a ``"bcast"`` operand ``k`` is read at ``((i0 + i) // b{k}) * n{k} +
+    (i0 + i) % n{k}`` (``i0`` the row's first element in its tensor, ``n{k}``
+    its inner size, ``b{k}`` inner times span). Hoisted scalars are the locals
+    ``h0, h1, ...``, and output ``k`` is stored into ``x{layout.writes[k]}``
+    (classic: ``x0`` for the parameter, ``x{k+1}`` for state ``k``) through
+    ``STORE(...)``; the caller substitutes LOAD/STORE for the storage dtype.
     """
+    if layout is None:
+        layout = Layout.of_state(len(graph.inputs) - 2)
     hoisted = {node: k for k, node in enumerate(graph.hoisted)}
     names: dict[int, str] = {}
     lines: list[str] = []
@@ -206,7 +213,13 @@ def emit_body(graph: Graph, T: str, indent: str = "        ") -> tuple[list[str]
             continue
         op, a = node.op, node.args
         if op == "input":
-            expr = f"LOAD(x{node.attr}[i])"
+            k = node.attr
+            if k < layout.n_arrays:
+                expr = f"LOAD(x{k}[i])"
+            elif layout.operands[k - layout.n_arrays] == "scalar":
+                expr = f"x{k}v"
+            else:
+                expr = f"LOAD(x{k}[((i0 + i) // b{k}) * n{k} + (i0 + i) % n{k}])"
         elif op == "neg":
             expr = f"-{ref(a[0])}"
         elif op == "abs":
@@ -244,8 +257,7 @@ def emit_body(graph: Graph, T: str, indent: str = "        ") -> tuple[list[str]
         lines.append(f"{indent}t{i} = {expr}")
 
     stores = []
-    for k, out in enumerate(graph.outputs):
-        target = 0 if k == 0 else k + 1
+    for target, out in zip(layout.writes, graph.outputs):
         node = graph.nodes[out]
         if node.op == "input" and node.attr == target:
             continue  # returned unchanged: nothing to write
@@ -331,19 +343,25 @@ def parallel(table, h):
 
 
 def emit_source(graph: Graph, storage: str, *, rule_name: str = "rule", static: Mapping | None = None,
-                cache: bool = True) -> str:
+                cache: bool = True, layout: Layout | None = None) -> str:
     """The numba module for ``graph`` on arrays of dtype ``storage`` (a NumPy dtype name).
 
     It defines ``serial(table, h)`` and ``parallel(table, h)`` (the same loop
-    over rows with ``prange``): ``table`` is int64 ``[rows, 1 + len(graph.inputs)]``,
-    each row a span of ``n`` elements and the address of its first element in
-    each array; ``h`` holds the hoisted scalars in the compute dtype.
+    over rows with ``prange``): ``table`` is int64 with one row per span of
+    ``n`` elements: ``n``, the address of the span's first element in each
+    full array, then (only for a layout with operands, see
+    :func:`table_columns`) each operand's address (its first element), for a
+    bcast operand its size, inner and inner times span, and last the span's
+    first element in its tensor. ``h`` holds the hoisted scalars in the
+    compute dtype.
     """
+    if layout is None:
+        layout = Layout.of_state(len(graph.inputs) - 2)
     if storage not in _DTYPES:
         raise TypeError(f"the cpu backend stores float16, float32 or float64, not {storage}")
     compute, array = _DTYPES[storage]
     T = "_T"
-    body, stores = emit_body(graph, T, indent=" " * 12)
+    body, stores = emit_body(graph, T, indent=" " * 12, layout=layout)
     if storage == "float16":
         load, store = "_h2f(", "_f2h("
     else:
@@ -355,9 +373,25 @@ def emit_source(graph: Graph, storage: str, *, rule_name: str = "rule", static: 
     written = {int(s.split("x", 1)[1].split("[", 1)[0]) for s in stores}
     views = [
         f"        x{k} = carray(_ptr(table[r, {k + 1}]), n)"
-        for k in range(len(graph.inputs))
+        for k in range(layout.n_arrays)
         if k in read_inputs or k in written
     ]
+    columns = table_columns(layout)
+    if layout.operands:
+        views.append(f"        i0 = table[r, {columns['start']}]")
+    for j, kind in enumerate(layout.operands):
+        k = layout.n_arrays + j
+        if k not in read_inputs:
+            continue
+        if kind == "scalar":
+            views.append(f"        x{k}v = {load}carray(_ptr(table[r, {columns[k]}]), 1)[0])")
+        else:
+            size, inner, block = columns[k], columns[k] + 1, columns[k] + 2
+            views += [
+                f"        x{k} = carray(_ptr(table[r, 1 + {k}]), table[r, {size}])",
+                f"        n{k} = table[r, {inner}]",
+                f"        b{k} = table[r, {block}]",
+            ]
     hoisted = [f"    h{k} = h[{k}]" for k in sorted(_hoisted_reads(graph, live))]
     return _HEADER.format(
         version=_codegen_version(),
@@ -373,6 +407,31 @@ def emit_source(graph: Graph, storage: str, *, rule_name: str = "rule", static: 
         body="\n".join(body) or "            pass",
         stores="\n".join(stores),
     )
+
+
+def table_columns(layout: Layout) -> dict:
+    """Where a kernel's table keeps what (see :func:`emit_source`).
+
+    Keys: ``'width'`` (columns per row); for a layout with operands also
+    ``'start'`` (the column of the row's first element in its tensor) and,
+    per operand index ``k`` (counted over all positional arguments), the column
+    of its address (a scalar operand) or of its size (a bcast operand, followed
+    by its inner and block).
+    """
+    columns: dict = {}
+    width = 1 + layout.n_inputs
+    for j, kind in enumerate(layout.operands):
+        k = layout.n_arrays + j
+        if kind == "scalar":
+            columns[k] = 1 + k
+        else:
+            columns[k] = width
+            width += 3
+    if layout.operands:
+        columns["start"] = width
+        width += 1
+    columns["width"] = width
+    return columns
 
 
 _VERSION: str | None = None
@@ -392,7 +451,7 @@ def _codegen_version() -> str:
         parts = [_HEADER, repr(_DTYPES)]
         try:
             for fn in (_literal, _const_value, emit_body, _pow, _element_wise_reads, _hoisted_reads,
-                       emit_source, _build_support):
+                       emit_source, table_columns, _build_support):
                 parts.append(inspect.getsource(fn))
         except (OSError, TypeError):  # pragma: no cover - no source (e.g. a zipped install)
             parts.append(Path(__file__).name)
@@ -616,8 +675,9 @@ class _Kernel:
     source: str
     compute: type  # the compute dtype's scalar type (np.float32 / np.float64)
     itemsize: int  # bytes per element of storage
-    n_inputs: int
+    n_inputs: int  # full arrays (the table's address columns after n)
     written: frozenset  # input indices the kernel writes back
+    layout: Layout = None  # type: ignore[assignment]
 
 
 # ---------------------------------------------------------------------------
@@ -661,98 +721,124 @@ class CpuBackend:
     # ------------------------------------------------------------ kernels
 
     @staticmethod
-    def kernel_key(rule: Callable, static: Mapping, scalar_names, n_state: int, storage: str) -> tuple:
-        return (rule, tuple(sorted(static.items())), tuple(sorted(scalar_names)), n_state, storage)
+    def kernel_key(rule: Callable, static: Mapping, scalar_names, layout: Layout | int, storage: str) -> tuple:
+        return (rule, tuple(sorted(static.items())), tuple(sorted(scalar_names)), as_layout(layout), storage)
 
-    def kernel(self, rule: Callable, static: Mapping, scalar_names, n_state: int, storage: str) -> _Kernel:
-        """The compiled kernel of one rule, static configuration and storage dtype (cached)."""
-        key = self.kernel_key(rule, static, scalar_names, n_state, storage)
+    def kernel(self, rule: Callable, static: Mapping, scalar_names, layout: Layout | int, storage: str) -> _Kernel:
+        """The compiled kernel of one rule, static configuration, layout and storage dtype (cached).
+
+        ``layout`` is a :class:`~ms_optim.engine.layout.Layout`, or the number of
+        state arrays of a classic ``rule(p, g, *state) -> (p, *state)``.
+        """
+        key = self.kernel_key(rule, static, scalar_names, layout, storage)
         kernel = self._kernels.get(key)
         if kernel is None:
             with self._lock:
                 kernel = self._kernels.get(key)
                 if kernel is None:
-                    kernel = self._kernels[key] = self._build(rule, static, scalar_names, n_state, storage)
+                    kernel = self._kernels[key] = self._build(rule, static, scalar_names, key[3], storage)
         return kernel
 
-    def _build(self, rule, static, scalar_names, n_state, storage) -> _Kernel:
-        names = ("p", "g", *(f"state{k}" for k in range(n_state)))
+    def _build(self, rule, static, scalar_names, layout: Layout, storage) -> _Kernel:
+        names = layout.names()
         graph = trace(rule, names, sorted(scalar_names), static)
         rule_name = getattr(rule, "__qualname__", repr(rule))
-        if len(graph.outputs) != len(names) - 1:
-            raise TypeError(f"rule {rule_name} returned {len(graph.outputs)} values, expected {len(names) - 1}")
+        if len(graph.outputs) != len(layout.writes):
+            raise TypeError(f"rule {rule_name} returned {len(graph.outputs)} values, expected {len(layout.writes)}")
 
         def source_for(cache: bool) -> str:
-            return emit_source(graph, storage, rule_name=rule_name, static=static, cache=cache)
+            return emit_source(graph, storage, rule_name=rule_name, static=static, cache=cache, layout=layout)
 
         module = _load_module(source_for)
         self.stats["kernels"] += 1
         compute, array = _DTYPES[storage]
-        written = frozenset({0} | {k + 1 for k in range(1, len(graph.outputs))})
         return _Kernel(graph, module, source_for(True), np.dtype(compute).type, np.dtype(array).itemsize,
-                       len(names), written)
+                       layout.n_arrays, frozenset(layout.writes), layout)
 
     # ---------------------------------------------------------------- run
 
     def run(self, rule, static, scalars, params, grads, states, xp) -> None:
-        """Update ``params`` and ``states`` in place: the engine's backend interface."""
+        """Update ``params`` and ``states`` in place: the classic ``rule(p, g, *state) -> (p, *state)``."""
         if not params:
             return
-        storage = np.dtype(params[0].dtype).name
-        if storage not in _DTYPES:
-            self._eager(rule, static, scalars, params, grads, states, xp)
-            return
-        n_state = len(states[0]) if states else 0
-        kernel = self.kernel(rule, static, scalars.keys(), n_state, storage)
-        self.run_kernel(kernel, rule, static, scalars, params, grads, states, xp)
+        layout = Layout.of_state(len(states[0]) if states else 0)
+        self.run_stage(rule, static, scalars, layout, [(p, g, *st) for p, g, st in zip(params, grads, states)], xp)
 
-    def run_kernel(self, kernel: _Kernel, rule, static, scalars, params, grads, states, xp) -> None:
+    def run_stage(self, rule, static, scalars, layout: Layout, tensors, xp) -> None:
+        """One element-wise stage over a bucket: ``tensors[t]`` are tensor ``t``'s arguments."""
+        if not tensors:
+            return
+        storage = np.dtype(tensors[0][0].dtype).name
+        if storage not in _DTYPES:
+            self._eager(rule, static, scalars, layout, tensors, xp)
+            return
+        kernel = self.kernel(rule, static, scalars.keys(), layout, storage)
+        self.run_kernel(kernel, rule, static, scalars, tensors, xp)
+
+    def run_kernel(self, kernel: _Kernel, rule, static, scalars, tensors, xp) -> None:
         """One bucket through ``kernel``; tensors it cannot take directly are copied or run eagerly."""
-        dtype = params[0].dtype
+        layout = kernel.layout
+        n_full = layout.n_arrays
+        dtype = tensors[0][0].dtype
         written = kernel.written
         address = self._address
         ndarray = np.ndarray
+        columns = table_columns(layout) if layout.operands else None
         rows: list[int] = []
         keep: list[tuple[Any, Any]] = []  # (target or None, contiguous scratch): alive through the call
         eager: list[int] = []
         total = 0
-        for t in range(len(params)):
-            p = params[t]
+        for t, arrays in enumerate(tensors):
+            p = arrays[0]
             n = p.size
             if n == 0:
                 continue
-            arrays = (p, grads[t], *states[t])
             shape = p.shape
             usable = c_order = True
             for k, a in enumerate(arrays):
-                if type(a) is not ndarray or a.dtype != dtype or a.shape != shape:
+                if type(a) is not ndarray or a.dtype != dtype or (k < n_full and a.shape != shape):
                     usable = False
                     break
                 flags = a.flags
                 if k in written and not flags.writeable:
                     usable = False
                     break
-                if not flags.c_contiguous:
+                if k < n_full and not flags.c_contiguous:
                     c_order = False
+            if usable and columns is not None:
+                try:
+                    runs = [broadcast_run(arrays[n_full + j].shape, shape) if kind == "bcast" else None
+                            for j, kind in enumerate(layout.operands)]
+                except ValueError:
+                    usable = False
+                # an operand is indexed by the C-order element number of the parameter
+                usable = usable and c_order and all(a.flags.c_contiguous for a in arrays[n_full:])
             if not usable:  # eager handles (or rejects, as it would anyway) what the kernel cannot
                 eager.append(t)
                 continue
             rows.append(n)
             total += n
-            if c_order or all(a.flags.f_contiguous for a in arrays):
+            full = arrays[:n_full]
+            if c_order or all(a.flags.f_contiguous for a in full):
                 # all C- or all F-ordered: memory order matches element for element.
                 # p and state live across steps (cached addresses); g is usually new
-                rows.append(address(p))
-                rows.append(arrays[1].ctypes.data)
-                rows.extend([address(a) for a in arrays[2:]])
+                rows.extend([address(a) if k in written else a.ctypes.data for k, a in enumerate(full)])
             else:  # strided views: run on C-contiguous copies, write the targets back after
-                for k, a in enumerate(arrays):
+                for k, a in enumerate(full):
                     scratch = np.ascontiguousarray(a)
                     rows.append(scratch.ctypes.data)
                     keep.append((a if k in written and scratch is not a else None, scratch))
                 self.stats["copied_tensors"] += 1
+            if columns is not None:
+                rows.extend(a.ctypes.data for a in arrays[n_full:])
+                for j, run in enumerate(runs):
+                    if run is not None:
+                        inner, span = run
+                        rows.extend((arrays[n_full + j].size, inner, inner * span))
+                rows.append(0)  # the first element: rows are cut into chunks at launch
         if rows:
-            table = np.array(rows, dtype=np.int64).reshape(-1, 1 + kernel.n_inputs)
+            width = columns["width"] if columns is not None else 1 + kernel.n_inputs
+            table = np.array(rows, dtype=np.int64).reshape(-1, width)
             h = np.array(kernel.graph.host_values(scalars), dtype=kernel.compute)
             self._launch(kernel, table, h, total)
             for target, scratch in keep:
@@ -760,8 +846,7 @@ class CpuBackend:
                     target[...] = scratch
             self.stats["compiled_tensors"] += len(table)
         if eager:
-            self._eager(rule, static, scalars, [params[t] for t in eager], [grads[t] for t in eager],
-                        [states[t] for t in eager], xp)
+            self._eager(rule, static, scalars, layout, [tensors[t] for t in eager], xp)
 
     def _address(self, a) -> int:
         """``a.ctypes.data`` (about 1 us), remembered while ``a`` lives (about 0.1 us).
@@ -785,7 +870,8 @@ class CpuBackend:
         if threads <= 1 or total < self.parallel_min_elements:
             kernel.module.serial(table, h)
             return
-        table = _chunked(table, CHUNK, kernel.itemsize)
+        table = _chunked(table, CHUNK, kernel.itemsize, kernel.n_inputs,
+                         table_columns(kernel.layout).get("start"))
         if self.parallel == "prange":
             kernel.module.parallel(table, h)
             return
@@ -819,11 +905,10 @@ class CpuBackend:
                         old.shutdown(wait=False)
         return self._pool
 
-    def _eager(self, rule, static, scalars, params, grads, states, xp) -> None:
-        n_outputs = 1 + (len(states[0]) if states else 0)
-        for p, g, st in zip(params, grads, states):
-            run_eager(rule, (p, g, *st), n_outputs, scalars, static, xp)
-        self.stats["eager_tensors"] += len(params)
+    def _eager(self, rule, static, scalars, layout: Layout, tensors, xp) -> None:
+        for arrays in tensors:
+            run_eager(rule, arrays, len(layout.writes), scalars, static, xp, layout)
+        self.stats["eager_tensors"] += len(tensors)
 
 
 class AutoCpuBackend:
@@ -845,16 +930,20 @@ class AutoCpuBackend:
         self._failed: set = set()
 
     def run(self, rule, static, scalars, params, grads, states, xp) -> None:
-        cpu = self.cpu
         if params:
-            storage = np.dtype(params[0].dtype).name
-            n_state = len(states[0]) if states else 0
-            key = cpu.kernel_key(rule, static, scalars.keys(), n_state, storage)
+            layout = Layout.of_state(len(states[0]) if states else 0)
+            self.run_stage(rule, static, scalars, layout, [(p, g, *st) for p, g, st in zip(params, grads, states)], xp)
+
+    def run_stage(self, rule, static, scalars, layout: Layout, tensors, xp) -> None:
+        cpu = self.cpu
+        if tensors:
+            storage = np.dtype(tensors[0][0].dtype).name
+            key = cpu.kernel_key(rule, static, scalars.keys(), layout, storage)
             kernel = cpu._kernels.get(key)
             if kernel is None and storage in _DTYPES and key not in self._failed and \
-                    sum(p.size for p in params) >= self.min_elements:
+                    sum(arrays[0].size for arrays in tensors) >= self.min_elements:
                 try:
-                    kernel = cpu.kernel(rule, static, scalars.keys(), n_state, storage)
+                    kernel = cpu.kernel(rule, static, scalars.keys(), layout, storage)
                 except Exception as exc:  # an optimisation failed: the eager result is still right
                     self._failed.add(key)
                     warnings.warn(
@@ -864,17 +953,22 @@ class AutoCpuBackend:
                         stacklevel=2,
                     )
             if kernel is not None:
-                cpu.run_kernel(kernel, rule, static, scalars, params, grads, states, xp)
+                cpu.run_kernel(kernel, rule, static, scalars, tensors, xp)
                 return
-        cpu._eager(rule, static, scalars, params, grads, states, xp)
+        cpu._eager(rule, static, scalars, layout, tensors, xp)
 
 
 def _default_threads() -> int:
     return int(_import_numba().config.NUMBA_NUM_THREADS)
 
 
-def _chunked(table, chunk: int, itemsize: int):
-    """Rows of at most ``chunk`` elements: long tensors are cut, their addresses offset."""
+def _chunked(table, chunk: int, itemsize: int, n_arrays: int | None = None, start: int | None = None):
+    """Rows of at most ``chunk`` elements: long tensors are cut, their addresses offset.
+
+    Only the first ``n_arrays`` address columns (all, by default) point at
+    the span's first element and move with it; operands are indexed by the
+    element's place in its tensor, which column ``start`` (if any) keeps.
+    """
     sizes = table[:, 0]
     counts = (sizes + chunk - 1) // chunk
     if counts.max() <= 1:
@@ -883,5 +977,8 @@ def _chunked(table, chunk: int, itemsize: int):
     first = np.cumsum(counts) - counts
     offset = (np.arange(len(rows)) - np.repeat(first, counts)) * chunk
     rows[:, 0] = np.minimum(rows[:, 0] - offset, chunk)
-    rows[:, 1:] += (offset * itemsize)[:, None]
+    last = table.shape[1] if n_arrays is None else 1 + n_arrays
+    rows[:, 1:last] += (offset * itemsize)[:, None]
+    if start is not None:
+        rows[:, start] += offset
     return rows

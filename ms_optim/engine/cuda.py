@@ -40,6 +40,7 @@ from .cuda_codegen import (
     pointer_table,
 )
 from .eager import EagerBackend
+from .layout import Layout, broadcast_run
 
 __all__ = ["CudaBackend"]
 
@@ -83,49 +84,67 @@ class CudaBackend:
         self._tables: OrderedDict[tuple, Any] = OrderedDict()
 
     def kernels(self, rule: Callable, static: Mapping[str, Any], scalar_names: Sequence[str],
-                n_states: int, storage: str) -> _Kernels:
-        """The compiled kernels for this rule, configuration and dtype (built once)."""
-        key = cuda_codegen.cache_key(rule, static, scalar_names, n_states, storage)
+                layout: Layout | int, storage: str) -> _Kernels:
+        """The compiled kernels for this rule, configuration, layout and dtype (built once)."""
+        key = cuda_codegen.cache_key(rule, static, scalar_names, layout, storage)
         found = self._kernels.get(key)
         if found is None:
-            source = cuda_codegen.kernel_source(rule, static, scalar_names, n_states, storage)
+            source = cuda_codegen.kernel_source(rule, static, scalar_names, layout, storage)
             found = self._kernels[key] = _Kernels(source)
         return found
 
     def run(self, rule, static, scalars, params, grads, states, xp) -> None:
+        """The classic update ``rule(p, g, *state) -> (p, *state)`` of one bucket."""
         if not params:
             return
-        storage = str(params[0].dtype)
-        n_states = len(states[0]) if states else 0
-        if storage not in cuda_codegen.COMPUTE_TYPES or not _same_dtype(params, grads, states):
-            self._eager.run(rule, static, scalars, params, grads, states, xp)
+        layout = Layout.of_state(len(states[0]) if states else 0)
+        self.run_stage(rule, static, scalars, layout, [(p, g, *st) for p, g, st in zip(params, grads, states)], xp)
+
+    def run_stage(self, rule, static, scalars, layout: Layout, tensors, xp) -> None:
+        """One element-wise stage over a bucket: ``tensors[t]`` are tensor ``t``'s arguments."""
+        if not tensors:
             return
-        kern = self.kernels(rule, static, scalars.keys(), n_states, storage)
+        storage = str(tensors[0][0].dtype)
+        if storage not in cuda_codegen.COMPUTE_TYPES or not _same_dtype(tensors):
+            self._eager.run_stage(rule, static, scalars, layout, tensors, xp)
+            return
+        kern = self.kernels(rule, static, scalars.keys(), layout, storage)
         hoisted = [kern.scalar_type(v) for v in kern.source.graph.host_values(scalars)]
+        n = layout.n_arrays
+        reads = (*layout.read_only, *range(n, layout.n_inputs))
         fused: dict[int, list[tuple]] = {}
-        for p, g, st in zip(params, grads, states):
-            arrays = (p, g, *st)
+        for arrays in tensors:
+            p = arrays[0]
             if p.size == 0:
                 continue
             if self.multi_tensor and all(a.flags.c_contiguous for a in arrays):
                 fused.setdefault(p.device.id, []).append(arrays)
-            else:
+            else:  # CuPy's ElementwiseKernel indexes any layout and broadcasts the operands
                 with p.device:
-                    kern.elementwise(g, *hoisted, p, *st)
-        for device_id, tensors in fused.items():
+                    kern.elementwise(*(arrays[k] for k in reads), *hoisted, *(arrays[w] for w in layout.writes))
+        for device_id, group in fused.items():
             with cupy.cuda.Device(device_id):
-                self._launch(kern, tensors, hoisted)
+                self._launch(kern, group, hoisted)
 
     def _launch(self, kern: _Kernels, tensors: list[tuple], hoisted: list) -> None:
+        layout = kern.source.layout
         sizes = tuple(arrays[0].size for arrays in tensors)
         addresses = tuple(tuple(a.data.ptr for a in arrays) for arrays in tensors)
         device = cupy.cuda.Device().id
         blocks = self._table(("blocks", device, self.chunk, sizes), lambda: block_map(sizes, self.chunk))
         sizes_dev = self._table(("sizes", device, sizes), lambda: np.asarray(sizes, dtype=np.int64))
         ptrs = self._table(("ptrs", device, addresses), lambda: pointer_table(addresses))
+        tables = [ptrs, blocks, sizes_dev]
+        if "bcast" in layout.operands:
+            runs = tuple(
+                broadcast_run(arrays[layout.n_arrays + j].shape, arrays[0].shape)
+                for j, kind in enumerate(layout.operands) if kind == "bcast"
+                for arrays in tensors
+            )
+            tables.append(self._table(("bcast", device, runs), lambda: np.asarray(runs, dtype=np.int64).reshape(-1)))
         kern.multi_tensor(
             (blocks.size // 2,), (MULTI_TENSOR_THREADS,),
-            (ptrs, blocks, sizes_dev, np.int32(len(tensors)), np.int32(self.chunk), *hoisted),
+            (*tables, np.int32(len(tensors)), np.int32(self.chunk), *hoisted),
         )
 
     def _table(self, key: tuple, build: Callable[[], np.ndarray]):
@@ -139,9 +158,6 @@ class CudaBackend:
         return found
 
 
-def _same_dtype(params, grads, states) -> bool:
-    dtype = params[0].dtype
-    return all(
-        p.dtype == dtype and g.dtype == dtype and all(s.dtype == dtype for s in st)
-        for p, g, st in zip(params, grads, states)
-    )
+def _same_dtype(tensors) -> bool:
+    dtype = tensors[0][0].dtype
+    return all(a.dtype == dtype for arrays in tensors for a in arrays)

@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .layout import Layout, as_layout
 from .tracer import Graph, trace
 
 __all__ = [
@@ -156,11 +157,13 @@ class KernelSource:
       compute: C compute type ('float' or 'double').
       graph: the traced rule; ``graph.host_values(scalars)`` gives the values
         of ``scalar_params``, in order.
-      arrays: C names of the array arguments: ``p``, ``g``, then ``s0``, ``s1``...
+      arrays: C names of the rule's positional arguments: ``p``, ``g``, ``s0``,
+        ``s1``... for the full arrays, then ``o0``, ``o1``... for the operands.
       scalar_params: C names of the hoisted uniforms (kernel arguments of type T).
       body: the loop body: reads the arrays, computes, writes the outputs back.
       in_params, out_params, preamble: the ``cupy.ElementwiseKernel`` spec.
       multi_tensor_name, multi_tensor_source: the multi-tensor ``RawKernel``.
+      layout: which arrays are read, written and broadcast (:mod:`.layout`).
     """
 
     name: str
@@ -175,6 +178,7 @@ class KernelSource:
     preamble: str
     multi_tensor_name: str
     multi_tensor_source: str
+    layout: Layout
 
     @property
     def scalar_dtype(self) -> str:
@@ -183,15 +187,29 @@ class KernelSource:
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        """The in-place outputs: the parameter, then each state array."""
-        return (self.arrays[0], *self.arrays[2:])
+        """The in-place outputs, in the rule's return order (classic: the parameter, then its state)."""
+        return tuple(self.arrays[w] for w in self.layout.writes)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The ElementwiseKernel's array inputs: read-only full arrays, then the operands."""
+        layout = self.layout
+        return tuple(self.arrays[k] for k in (*layout.read_only, *range(layout.n_arrays, layout.n_inputs)))
 
 
-def _array_names(graph: Graph) -> tuple[str, ...]:
+def _layout_of(graph: Graph, layout: Layout | None) -> Layout:
     n = len(graph.inputs)
-    if n < 2:
-        raise ValueError(f"a rule reads at least the parameter and its gradient, got inputs {graph.inputs}")
-    return ("p", "g", *(f"s{k}" for k in range(n - 2)))
+    if layout is None:
+        if n < 2:
+            raise ValueError(f"a rule reads at least the parameter and its gradient, got inputs {graph.inputs}")
+        layout = Layout.of_state(n - 2)
+    if layout.n_inputs != n:
+        raise ValueError(f"the layout has {layout.n_inputs} arguments, the rule {n} ({graph.inputs})")
+    return layout
+
+
+def _array_names(graph: Graph, layout: Layout | None = None) -> tuple[str, ...]:
+    return _layout_of(graph, layout).names()
 
 
 def _scalar_param_names(graph: Graph) -> tuple[str, ...]:
@@ -205,14 +223,17 @@ def _scalar_param_names(graph: Graph) -> tuple[str, ...]:
     return tuple(names)
 
 
-def emit_body(graph: Graph, compute: str) -> str:
+def emit_body(graph: Graph, compute: str, layout: Layout | None = None) -> str:
     """The C body of ``graph``: SSA temporaries in ``T`` (= ``compute``), outputs written last.
 
     The array arguments are named as :func:`generate` names them (``p``, ``g``,
-    ``s0``...), the hoisted values ``h_<scalar>`` or ``h<node>``, and ``P`` is
-    the storage type, defined by the caller (CuPy's type map, or a typedef).
+    ``s0``..., operands ``o0``...), the hoisted values ``h_<scalar>`` or
+    ``h<node>``, and ``P`` is the storage type, defined by the caller (CuPy's
+    type map, or a typedef). Each name is an element (a reference into the
+    array, or for an operand the broadcast element) when the body runs.
     """
-    arrays = _array_names(graph)
+    layout = _layout_of(graph, layout)
+    arrays = layout.names()
     params = dict(zip(graph.hoisted, _scalar_param_names(graph)))
     live = _live_nodes(graph)
     refs: dict[int, str] = {}
@@ -250,11 +271,12 @@ def emit_body(graph: Graph, compute: str) -> str:
         refs[i] = f"t{i}"
         lines.append(f"const {ctype} t{i} = {expr};")
     # Written last: every read above saw the old values (in-place outputs).
-    targets = (arrays[0], *arrays[2:])
+    targets = tuple(arrays[w] for w in layout.writes)
     if len(graph.outputs) != len(targets):
+        what = (f"the parameter and {len(targets) - 1} state arrays" if layout.is_classic
+                else ", ".join(targets))
         raise ValueError(
-            f"the rule returns {len(graph.outputs)} values for {len(targets)} in-place outputs "
-            f"(the parameter and {len(targets) - 1} state arrays)"
+            f"the rule returns {len(graph.outputs)} values for {len(targets)} in-place outputs ({what})"
         )
     for target, out in zip(targets, graph.outputs):
         lines.append(f"{target} = (P){ref(out, True)};")
@@ -286,30 +308,34 @@ def _live_nodes(graph: Graph) -> set[int]:
     return live
 
 
-def generate(graph: Graph, storage: str, name: str) -> KernelSource:
+def generate(graph: Graph, storage: str, name: str, layout: Layout | None = None) -> KernelSource:
     """The kernel sources of ``graph`` for arrays of dtype ``storage``.
 
     Args:
-      graph: a traced rule whose inputs are (p, g, *state) and outputs (p, *state).
+      graph: a traced rule.
       storage: 'float16', 'float32' or 'float64'.
       name: a C identifier; the multi-tensor kernel is ``name + '_mt'``.
+      layout: its arguments' roles; default: inputs (p, g, *state), outputs (p, *state).
     """
     if storage not in COMPUTE_TYPES:
         raise ValueError(f"no CUDA kernel for dtype {storage}; supported: {', '.join(COMPUTE_TYPES)}")
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
         raise ValueError(f"kernel name must be a C identifier, got {name!r}")
     compute, raw_storage, scalar_dtype, _ = COMPUTE_TYPES[storage]
-    arrays = _array_names(graph)
+    layout = _layout_of(graph, layout)
+    arrays = layout.names()
     scalars = _scalar_param_names(graph)
-    body = emit_body(graph, compute)
-    in_params = ", ".join([f"P {arrays[1]}", *(f"{scalar_dtype} {s}" for s in scalars)])
-    out_params = ", ".join(f"P {a}" for a in (arrays[0], *arrays[2:]))
+    body = emit_body(graph, compute, layout)
+    reads = [arrays[k] for k in (*layout.read_only, *range(layout.n_arrays, layout.n_inputs))]
+    in_params = ", ".join([*(f"P {a}" for a in reads), *(f"{scalar_dtype} {s}" for s in scalars)])
+    out_params = ", ".join(f"P {arrays[w]}" for w in layout.writes)
     mt_name = name + "_mt"
-    mt_source = _multi_tensor_source(mt_name, storage, compute, raw_storage, arrays, scalars, body)
+    mt_source = _multi_tensor_source(mt_name, storage, compute, raw_storage, layout, scalars, body)
     return KernelSource(
         name=name, storage=storage, compute=compute, graph=graph, arrays=arrays,
         scalar_params=scalars, body=body, in_params=in_params, out_params=out_params,
         preamble=_DEVICE_PRELUDE, multi_tensor_name=mt_name, multi_tensor_source=mt_source,
+        layout=layout,
     )
 
 
@@ -318,32 +344,39 @@ def _indent(text: str, spaces: int) -> str:
     return "\n".join(pad + line for line in text.splitlines())
 
 
-def _multi_tensor_source(name, storage, compute, raw_storage, arrays, scalars, body) -> str:
+def _multi_tensor_source(name, storage, compute, raw_storage, layout: Layout, scalars, body) -> str:
     """One launch for a whole bucket.
 
-    ``ptrs`` holds, for each array role (p, g, s0...), one device address per
-    tensor: ``ptrs[role * n_tensors + tensor]``. ``blocks`` holds, per block,
-    the tensor it works on and the first element of its chunk; ``sizes`` the
-    element count of each tensor. Each block walks its chunk with a
-    block-stride loop, so each element is read and written by one thread.
+    ``ptrs`` holds, for each argument role (p, g, s0..., o0...), one device
+    address per tensor: ``ptrs[role * n_tensors + tensor]``. ``blocks`` holds,
+    per block, the tensor it works on and the first element of its chunk;
+    ``sizes`` the element count of each tensor. Each block walks its chunk
+    with a block-stride loop, so each element is read and written by one
+    thread. A ``"scalar"`` operand is read once per block; a ``"bcast"``
+    operand ``j`` at ``(e / (inner * span)) * inner + e % inner`` for element
+    ``e`` of the tensor, with ``(inner, span)`` at ``bcast[2 * (j * n_tensors
+    + tensor)]`` (see :func:`~ms_optim.engine.layout.broadcast_run`); the
+    ``bcast`` table is a parameter only of kernels with such operands.
     """
     header = "#include <cuda_fp16.h>\n" if storage == "float16" else ""
+    n_bcast = layout.operands.count("bcast")
     params = ", ".join(
         [
             "const long long* __restrict__ ptrs",
             "const long long* __restrict__ blocks",
             "const long long* __restrict__ sizes",
+            *(["const long long* __restrict__ bcast"] if n_bcast else []),
             "const int n_tensors",
             "const int chunk",
             *(f"const {compute} {s}" for s in scalars),
         ]
     )
-    pointers = []
-    refs = []
-    for role, a in enumerate(arrays):
-        const = "const " if a == "g" else ""
-        pointers.append(f"{const}P* const {a}_ptr = ({const}P*)ptrs[{role} * n_tensors + tensor] + start;")
-        refs.append(f"{const}P& {a} = {a}_ptr[i];")
+    pointers, refs = _operand_access(
+        layout,
+        lambda role: f"ptrs[{role} * n_tensors + tensor]",
+        lambda j, k: f"bcast[2 * ({j} * n_tensors + tensor) + {k}]",
+        "start", "i",
+    )
     # The index within a chunk is a 32-bit int: 64-bit loop indices cost
     # registers, and at 512 threads ptxas then spilled around the IEEE division.
     lines = [
@@ -382,25 +415,63 @@ def pointer_table(addresses: Sequence[Sequence[int]]) -> np.ndarray:
     return np.asarray(addresses, dtype=np.uint64).T.reshape(-1).view(np.int64)
 
 
+def _operand_access(layout: Layout, address: Callable[[int], str], bcast_entry: Callable[[int, int], str],
+                    start: str, element: str):
+    """(set-up lines, per-element lines) binding each argument name to its element.
+
+    ``address(role)`` is the C expression of an argument's base address,
+    ``bcast_entry(j, k)`` that of bcast operand ``j``'s inner (k=0) and span
+    (k=1); full arrays are offset by ``start`` and indexed by ``element``, and
+    operands indexed by ``start + element``, the element's index in its tensor.
+    """
+    names = layout.names()
+    setup, refs = [], []
+    j = 0
+    for role, a in enumerate(names):
+        if role < layout.n_arrays:
+            const = "" if role in layout.writes else "const "
+            setup.append(f"{const}P* const {a}_ptr = ({const}P*)({address(role)}){' + ' + start if start else ''};")
+            refs.append(f"{const}P& {a} = {a}_ptr[{element}];")
+        elif layout.operands[role - layout.n_arrays] == "scalar":
+            setup.append(f"const P {a} = ((const P*)({address(role)}))[0];")
+        else:
+            setup += [
+                f"const P* const {a}_ptr = (const P*)({address(role)});",
+                f"const long long {a}_inner = {bcast_entry(j, 0)};",
+                f"const long long {a}_block = {a}_inner * {bcast_entry(j, 1)};",
+            ]
+            e = f"((long long)({start}) + {element})" if start else f"(long long)({element})"
+            refs.append(f"const P {a} = {a}_ptr[({e} / {a}_block) * {a}_inner + {e} % {a}_inner];")
+            j += 1
+    return setup, refs
+
+
 def host_source(source: KernelSource, name: str | None = None) -> str:
     """A C++ function running ``source.body`` in a plain loop (no prelude; see :func:`host_prelude`).
 
-    Signature: ``void name(long long n, P* p, const P* g, P* s0, ..., T h...)``
-    with P the host storage type (``_Float16`` for float16).
+    Signature: ``void name(long long n, P* p, const P* g, P* s0, ..., [const P* o0, ...,
+    const long long* bcast,] T h...)`` with P the host storage type (``_Float16`` for
+    float16); ``bcast`` holds ``(inner, span)`` of each bcast operand, and is an
+    argument only when the layout has such operands.
     """
     name = name or source.name + "_host"
     host_p = COMPUTE_TYPES[source.storage][3]
+    layout = source.layout
     args = ["long long n"]
-    refs = []
-    for a in source.arrays:
-        const = "const " if a == "g" else ""
-        args.append(f"{const}{host_p}* {a}_ptr")
-        refs.append(f"{const}P& {a} = {a}_ptr[i];")
+    for role, a in enumerate(source.arrays):
+        const = "" if role in layout.writes else "const "
+        args.append(f"{const}{host_p}* {a}_arg")
+    if "bcast" in layout.operands:
+        args.append("const long long* bcast")
     args += [f"{source.compute} {s}" for s in source.scalar_params]
+    setup, refs = _operand_access(
+        layout, lambda role: f"{source.arrays[role]}_arg", lambda j, k: f"bcast[{2 * j + k}]", "", "i",
+    )
     return "\n".join(
         [
             f"extern \"C\" void {name}({', '.join(args)}) {{",
             f"  typedef {host_p} P;",
+            *("  " + line for line in setup),
             "  for (long long i = 0; i < n; ++i) {",
             *("    " + r for r in refs),
             _indent(source.body, 4),
@@ -419,30 +490,31 @@ _lock = threading.Lock()
 
 
 def cache_key(rule: Callable, static: Mapping[str, Any], scalar_names: Sequence[str],
-              n_states: int, storage: str) -> tuple:
-    return (rule, tuple(sorted(static.items())), tuple(sorted(scalar_names)), int(n_states), str(storage))
+              layout: Layout | int, storage: str) -> tuple:
+    return (rule, tuple(sorted(static.items())), tuple(sorted(scalar_names)), as_layout(layout), str(storage))
 
 
 def kernel_source(rule: Callable, static: Mapping[str, Any], scalar_names: Sequence[str],
-                  n_states: int, storage: str) -> KernelSource:
+                  layout: Layout | int, storage: str) -> KernelSource:
     """The (cached) kernel sources of ``rule`` under ``static`` for ``storage`` arrays.
 
     Args:
-      rule: the algorithm's element-wise rule, ``rule(p, g, *state, **scalars, **static, xp)``.
+      rule: an element-wise rule, ``rule(*arrays, *operands, **scalars, **static, xp)``.
       static: its static configuration (a kernel per configuration).
       scalar_names: the names of the per-step scalars it takes.
-      n_states: how many state arrays follow ``p`` and ``g``.
+      layout: its arguments' :class:`~ms_optim.engine.layout.Layout`, or for the
+        classic ``rule(p, g, *state) -> (p, *state)`` the number of state arrays.
       storage: the arrays' dtype name.
     """
-    key = cache_key(rule, static, scalar_names, n_states, storage)
+    key = cache_key(rule, static, scalar_names, layout, storage)
     found = _cache.get(key)
     if found is not None:
         return found
     with _lock:
         if key not in _cache:
-            names = ("p", "g", *(f"s{k}" for k in range(n_states)))
-            graph = trace(rule, names, tuple(sorted(scalar_names)), dict(static))
-            _cache[key] = generate(graph, storage, _kernel_name(rule, key))
+            layout = key[3]
+            graph = trace(rule, layout.names(), tuple(sorted(scalar_names)), dict(static))
+            _cache[key] = generate(graph, storage, _kernel_name(rule, key), layout)
         return _cache[key]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
+from .layout import Layout
 from .namespace import is_array
 from .tracer import _PY_OPS, SYMBOLIC_XP_FUNCTIONS
 
@@ -74,12 +75,16 @@ def run_eager(
     scalars: Mapping[str, float],
     static: Mapping[str, Any],
     xp,
+    layout: Layout | None = None,
 ) -> None:
-    """Apply ``rule`` to one parameter's arrays and write outputs into ``arrays[:n_outputs]``.
+    """Apply ``rule`` to one tensor's arrays and write its outputs back in place.
 
-    ``arrays`` is ``(p, g, *state)``; the rule returns ``(p, *state)`` and
-    output ``k`` is written into input ``0`` (p) or ``k + 1`` (state), so the
-    outputs are the in-place targets, as in a CUDA kernel's output list.
+    ``arrays`` are the rule's positional arguments. With no ``layout`` they are
+    ``(p, g, *state)``, the rule returns ``(p, *state)`` and output ``k`` is
+    written into input ``0`` (p) or ``k + 1`` (state); otherwise output ``k``
+    is written into ``arrays[layout.writes[k]]`` and the operands after the
+    full arrays broadcast as arrays do. The outputs are the in-place targets,
+    as in a CUDA kernel's output list.
     """
     storage = arrays[0].dtype
     work = compute_dtype(xp, storage)
@@ -92,7 +97,7 @@ def run_eager(
         results = (results,)
     if len(results) != n_outputs:
         raise TypeError(f"rule {rule.__name__} returned {len(results)} values, expected {n_outputs}")
-    targets = [arrays[0], *arrays[2:]]
+    targets = [arrays[0], *arrays[2:]] if layout is None else [arrays[w] for w in layout.writes]
     for target, value in zip(targets, results):
         if is_array(value) and value.dtype != target.dtype:
             value = xp.astype(value, target.dtype)
@@ -103,6 +108,11 @@ class EagerBackend:
     """Runs each parameter through :func:`run_eager`; one call per (group, step) bucket."""
 
     name = "eager"
+
+    def run_stage(self, rule, static, scalars, layout: Layout, tensors, xp) -> None:
+        """One element-wise stage: ``tensors[t]`` holds tensor ``t``'s positional arrays."""
+        for arrays in tensors:
+            run_eager(rule, arrays, len(layout.writes), scalars, static, xp, layout)
 
     def run(self, rule, static, scalars, params, grads, states, xp) -> None:
         n_outputs = 1 + (len(states[0]) if states else 0)
