@@ -13,6 +13,7 @@ import pytest
 from ms_optim.__main__ import main
 from ms_optim.demo import checkpoint, choices, mlp
 from ms_optim.demo.data import load_dataset
+from ms_optim.demo.errors import DemoError
 from ms_optim.demo.device import probe_gpu
 from ms_optim.demo.train import Run, TrainConfig, train
 
@@ -186,7 +187,14 @@ def test_every_optimizer_of_the_package_is_offered():
         and issubclass(getattr(ms_optim, n), ms_optim.Optimizer)
         and getattr(ms_optim, n) is not ms_optim.Optimizer
     }
-    assert exported and exported <= set(choices.optimizer_classes())
+    offered = set(choices.optimizer_classes())
+    assert exported and exported - set(choices.NOT_FOR_DEMO) <= offered
+    assert not offered & set(choices.NOT_FOR_DEMO)
+
+
+def test_an_optimizer_the_demo_cannot_drive_is_refused_with_the_reason():
+    with pytest.raises(DemoError, match="the demo cannot train with muon: it updates 2-D parameters only"):
+        choices.optimizer_class("Muon")
 
 
 @pytest.mark.parametrize("name", list(choices.optimizer_classes()))

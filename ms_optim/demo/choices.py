@@ -36,14 +36,23 @@ DEMO_SETTINGS: dict[str, dict] = {
 }
 
 
+# Optimizers that cannot train the demo's MLP alone, by lower-case class name, and why.
+NOT_FOR_DEMO: dict[str, str] = {
+    "muon": "updates 2-D parameters only; the MLP's biases need a second optimizer",
+    "lbfgs": "takes a closure that re-evaluates the full-batch loss, not one minibatch gradient",
+    "sparseadam": "takes sparse gradients; the MLP's are dense",
+}
+
+
 def optimizer_classes() -> dict[str, type]:
-    """Every optimizer class ``ms_optim`` exports, by lower-case name, sorted."""
+    """Every optimizer class ``ms_optim`` exports, by lower-case name, sorted (less NOT_FOR_DEMO)."""
     base = ms_optim.Optimizer
     names = getattr(ms_optim, "__all__", None) or [n for n in dir(ms_optim) if not n.startswith("_")]
     found = {}
     for name in names:
         obj = getattr(ms_optim, name, None)
-        if isinstance(obj, type) and issubclass(obj, base) and obj is not base and not name.startswith("_"):
+        if isinstance(obj, type) and issubclass(obj, base) and obj is not base and not name.startswith("_") \
+                and name.lower() not in NOT_FOR_DEMO:
             found[name.lower()] = obj
     return dict(sorted(found.items()))
 
@@ -66,6 +75,8 @@ def optimizer_class(name: str) -> type:
     try:
         return classes[name.lower()]
     except KeyError:
+        if name.lower() in NOT_FOR_DEMO:
+            raise DemoError(f"the demo cannot train with {name}: it {NOT_FOR_DEMO[name.lower()]}") from None
         raise DemoError(f"unknown optimizer {name!r}; choose from {', '.join(classes)}") from None
 
 
