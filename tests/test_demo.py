@@ -193,7 +193,7 @@ def test_every_optimizer_of_the_package_is_offered():
 
 
 def test_an_optimizer_the_demo_cannot_drive_is_refused_with_the_reason():
-    with pytest.raises(DemoError, match="the demo cannot train with muon: it updates 2-D parameters only"):
+    with pytest.raises(DemoError, match="the demo cannot train with Muon: it updates 2-D parameters only"):
         choices.optimizer_class("Muon")
 
 
