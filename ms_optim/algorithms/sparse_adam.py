@@ -184,7 +184,7 @@ class SparseAdam(Optimizer):
             xp = array_namespace(p)
             if not (is_numpy(xp) or is_cupy(xp)):
                 raise TypeError(
-                    f"params[{i}] is a {xp.__name__} array: SparseAdam writes the touched entries "
+                    f"params[{i}] is an array of {xp.__name__}: SparseAdam writes the touched entries "
                     f"in place at integer indices, which that namespace does not support (the Array "
                     f"API standard has no indexed writes); use NumPy or CuPy arrays"
                 )
@@ -314,7 +314,7 @@ def _from_matrix(i, p, g, xp) -> _SparseGrad:
     on_gpu = type(g).__module__.startswith("cupyx.")
     if on_gpu != is_cupy(xp):
         kind = "cupyx.scipy.sparse" if on_gpu else "scipy.sparse"
-        raise TypeError(f"grads[{i}] is a {kind} matrix but its parameter is a {xp.__name__} array")
+        raise TypeError(f"grads[{i}] is a {kind} matrix but its parameter is a {_name(xp)} array")
     if tuple(g.shape) != tuple(p.shape):
         raise ValueError(f"grads[{i}] has shape {tuple(g.shape)}, its parameter {tuple(p.shape)}")
     coo = g.tocoo(copy=True)  # summing duplicates below must not reorder the caller's matrix
@@ -337,8 +337,8 @@ def _from_rows(i, p, g, xp) -> _SparseGrad:
         raise ValueError(f"grads[{i}] is an (indices, values) pair of rows, but its parameter is 0-d")
     for name, a in (("indices", indices), ("values", values)):
         if not is_array(a) or array_namespace(a) is not xp:
-            kind = array_namespace(a).__name__ + " array" if is_array(a) else type(a).__name__
-            raise TypeError(f"grads[{i}]: {name} must be a {xp.__name__} array like its parameter, got {kind}")
+            kind = _name(array_namespace(a)) + " array" if is_array(a) else type(a).__name__
+            raise TypeError(f"grads[{i}]: {name} must be a {_name(xp)} array like its parameter, got {kind}")
         if device(a) != device(p):
             raise ValueError(f"grads[{i}]: {name} is on device {device(a)}, its parameter on {device(p)}")
     if not xp.isdtype(indices.dtype, "integral"):
@@ -362,6 +362,11 @@ def _from_rows(i, p, g, xp) -> _SparseGrad:
     summed = xp.zeros((rows.shape[0], *values.shape[1:]), dtype=values.dtype, device=device(values))
     _add_at(xp, summed, inverse, values)
     return _SparseGrad((rows,), summed, math.prod(values.shape) == 0)
+
+
+def _name(xp) -> str:
+    """The namespace as users call it (NumPy's and CuPy's come wrapped by array_api_compat)."""
+    return "numpy" if is_numpy(xp) else "cupy" if is_cupy(xp) else xp.__name__
 
 
 def _check_values_dtype(i, values, xp) -> None:
