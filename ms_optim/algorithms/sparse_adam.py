@@ -239,10 +239,9 @@ class SparseAdam(Optimizer):
             # backend call for the whole bucket, then write them back.
             ps, gs, sts = [], [], []
             for p, sg, arrays in entries:
-                at = (*sg.at, ...)
-                ps.append(p[at])
+                ps.append(_gathered(xp, p, sg.at))
                 gs.append(sg.values)
-                sts.append([a[at] for a in arrays])
+                sts.append([_gathered(xp, a, sg.at) for a in arrays])
             backend_for(xp, self.backend).run(type(self).rule, static, scalars_of[(gi, step)], ps, gs, sts, xp)
             for (p, sg, arrays), new_p, new_states in zip(entries, ps, sts):
                 at = (*sg.at, ...)  # unique positions after coalescing: plain assignment is exact
@@ -356,12 +355,10 @@ def _from_rows(i, p, g, xp) -> _SparseGrad:
     values = _as_param_dtype(values, p, xp)
     if indices.shape[0] == 0:
         return _SparseGrad((indices,), values, True)
-    rows, inverse = xp.unique_inverse(indices)
-    if rows.shape[0] == indices.shape[0]:
-        return _SparseGrad((indices,), values, math.prod(values.shape) == 0)  # each row once: nothing to sum
-    summed = xp.zeros((rows.shape[0], *values.shape[1:]), dtype=values.dtype, device=device(values))
-    _add_at(xp, summed, inverse, values)
-    return _SparseGrad((rows,), summed, math.prod(values.shape) == 0)
+    if math.prod(values.shape) == 0:
+        return _SparseGrad((indices,), values, True)  # rows of zero width: torch skips these too
+    rows, values = _summed_rows(xp, indices, values)
+    return _SparseGrad((rows,), values, False)
 
 
 def _name(xp) -> str:
@@ -387,16 +384,37 @@ def _check_range(i, index, size, what, xp) -> None:
         raise ValueError(f"grads[{i}] has {what} {bad}, outside [0, {size}) of its parameter")
 
 
-def _add_at(xp, target, index, values) -> None:
-    """``target[index[k]] += values[k]`` for every k, repeated indices accumulating."""
-    if is_cupy(xp):
-        import cupy  # already imported: the arrays are CuPy's
+def _summed_rows(xp, indices, values):
+    """Each row once, with the values of its repeats summed (torch's coalesce).
 
-        cupy.add.at(target, index, values)
-    else:
-        import numpy
+    Returns ``(indices, values)`` themselves when no row repeats.
+    """
+    if is_numpy(xp):
+        import numpy as np
 
-        numpy.add.at(target, index, values)
+        # Sorting and summing runs with reduceat is several times faster than
+        # np.add.at; a stable sort adds a row's repeats in the caller's order.
+        order = np.argsort(indices, kind="stable")
+        ordered = indices[order]
+        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        if starts.shape[0] == indices.shape[0]:
+            return indices, values
+        return ordered[starts], np.add.reduceat(values[order], starts, axis=0)
+    import cupy  # the only other namespace a SparseAdam accepts; already imported, the arrays are CuPy's
+
+    rows, inverse = cupy.unique(indices, return_inverse=True)
+    if rows.shape[0] == indices.shape[0]:
+        return indices, values
+    summed = cupy.zeros((rows.shape[0], *values.shape[1:]), dtype=values.dtype)
+    cupy.add.at(summed, inverse.reshape(-1), values)
+    return rows, summed
+
+
+def _gathered(xp, a, at):
+    """A fresh array of ``a``'s entries at ``at`` (row indices, or one index array per axis)."""
+    if len(at) == 1:
+        return xp.take(a, at[0], axis=0)
+    return a[(*at, ...)]
 
 
 # ------------------------------------------------------------ functional form
