@@ -95,9 +95,11 @@ class SparseAdam(Optimizer):
     parameter's shape), as in torch, so torch's ``state_dict`` loads here.
 
     Cost per step: one pass over the touched entries (gather ``p``, ``m``,
-    ``v``; one fused update; scatter the three back), none over the rest.
-    Coalescing (``unique``) and the index range check read the indices on the
-    host: on CuPy that is a synchronisation per parameter with a gradient.
+    ``v``; one fused update; scatter the three back), none over the rest;
+    summing repeated indices first sorts them (a gradient without repeats
+    skips the sum). The index range check and the sort's output size are
+    read on the host: on CuPy that is a synchronisation per parameter with
+    a gradient.
 
     Example (an embedding table: only the rows a batch looked up move):
       >>> import numpy as np
