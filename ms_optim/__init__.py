@@ -10,9 +10,9 @@ Importing ms_optim never imports CuPy or numba; a compiled backend is loaded
 the first time an optimizer meets arrays it can serve.
 """
 
-from .algorithms import ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Muon, NAdam, RAdam, RMSprop, Rprop
+from .algorithms import ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, Muon, NAdam, RAdam, RMSprop, Rprop, SparseAdam
 from .optimizer import Optimizer, required
 
 __version__ = "0.1.0"
 
-__all__ = ["ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Muon", "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "required"]
+__all__ = ["ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "Muon", "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam", "required"]

@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .algorithms import ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop
+from .algorithms import ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Muon, NAdam, RAdam, RMSprop, Rprop
+from .algorithms.sparse_adam import sparse_adam_update
 from .checks import check_real
 from .engine import backend_for
 from .engine.namespace import array_namespace, device, is_array, is_writeable, to_namespace
@@ -25,6 +26,7 @@ from .optimizer import Optimizer
 
 __all__ = [
     "adadelta_update",
+    "adafactor_update",
     "adagrad_update",
     "adam_update",
     "adamax_update",
@@ -37,7 +39,9 @@ __all__ = [
     "radam_update",
     "rmsprop_update",
     "rprop_update",
+    "muon_update",
     "sgd_update",
+    "sparse_adam_update",
 ]
 
 
@@ -286,7 +290,7 @@ def functional(cls: type[Optimizer], *state_names: str) -> Callable:
         opt = cls([p], **{k: a[k] for k in hyper_names})  # checks p and every hyper-parameter
         _checked_like_p(name, "g", g, p)
         group = opt.param_groups[0]
-        keys = opt._state_keys(group)
+        keys = opt._param_state_keys(group, p)
         state: dict[str, Any] = {}
         for key in state_names:
             value = a[key]
@@ -294,7 +298,7 @@ def functional(cls: type[Optimizer], *state_names: str) -> Callable:
                 continue
             if key not in keys:
                 raise TypeError(f"{name}(): {key} is given but this configuration keeps no {key}")
-            state[key] = _checked_state(name, key, value, p)
+            state[key] = _checked_state(name, key, value, p, opt._state_shape(key, p, group))
         if cls.tracks_step:
             state["step"] = _checked_step_number(name, a["step"]) - 1
         for key in cls.host_state_keys:
@@ -332,8 +336,14 @@ def _checked_like_p(name, key, value, p):
         raise ValueError(f"{name}(): {key} has shape {tuple(value.shape)}, p {tuple(p.shape)}")
 
 
-def _checked_state(name, key, value, p):
-    _checked_like_p(name, key, value, p)
+def _checked_state(name, key, value, p, shape=None):
+    if shape is not None and shape != tuple(p.shape):  # a factor (Adafactor's row_var), not p's shape
+        if not is_array(value) or tuple(value.shape) != shape:
+            got = tuple(value.shape) if is_array(value) else type(value).__name__
+            raise ValueError(f"{name}(): {key} must have shape {shape}, got {got}")
+        _checked_like_p(name, key, value, value)
+    else:
+        _checked_like_p(name, key, value, p)
     if value.dtype != p.dtype:
         raise TypeError(f"{name}(): {key} has dtype {value.dtype}, p {p.dtype}")
     if not is_writeable(value):
@@ -357,6 +367,8 @@ radam_update = functional(RAdam, "exp_avg", "exp_avg_sq")
 nadam_update = functional(NAdam, "exp_avg", "exp_avg_sq")
 adagrad_update = functional(Adagrad, "sum")
 adadelta_update = functional(Adadelta, "square_avg", "acc_delta")
+adafactor_update = functional(Adafactor, "row_var", "col_var", "variance")
+muon_update = functional(Muon, "momentum_buffer")
 rmsprop_update = functional(RMSprop, "square_avg", "momentum_buffer", "grad_avg")
 rprop_update = functional(Rprop, "prev", "step_size")
 asgd_update = functional(ASGD, "ax")

@@ -28,6 +28,16 @@ class OptimInfo:
     torch_name: str | None = None
     #: keys of torch's per-parameter state for a given config
     state_keys: Callable[[dict], set] = lambda kw: set()
+    #: parameter shapes the generic tests use (group 0 the first three, group 1 the rest);
+    #: None: tests.test_optimizers.SHAPES
+    shapes: list | None = None
+    #: keys of torch's state for a config and a parameter shape, where they depend on the shape
+    param_state_keys: Callable[[dict, tuple], set] | None = None
+
+    def expected_state_keys(self, config: dict, shape: tuple) -> set:
+        if self.param_state_keys is not None:
+            return self.param_state_keys(config, tuple(shape))
+        return self.state_keys(config)
 
     @property
     def name(self) -> str:
@@ -41,7 +51,7 @@ class OptimInfo:
 def _dummy():
     import numpy as np
 
-    return np.zeros(1)
+    return np.zeros((1, 1))  # 2-D: Muon takes nothing else
 
 
 # Errors every optimizer shares (lr is the first argument after params everywhere).

@@ -29,6 +29,8 @@ needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="the cpu backend needs n
 #: group 0: mixed shapes, a 0-d and a zero-size one; group 1 (the table's group overrides): two more
 SHAPES = [(5, 7), (), (0, 3), (33,), (2, 3, 4), (4, 1)]
 GROUP0 = 4
+#: the same roles for an optimizer of matrices only: a wide, an empty, a tall and a square one
+MATRIX_SHAPES = [(5, 7), (1, 1), (0, 3), (33, 2), (3, 4), (4, 1)]
 STEPS = 4
 #: float16 is computed in float32 by both backends and rounded once: allow one half ulp
 ULPS = {"float64": 0, "float32": 0, "float16": 1}
@@ -59,14 +61,15 @@ def _arrays(rng, shapes, dtype, *, special=False):
 def run(info, config, dtype, backend, *, special=False, layout=None, steps=STEPS):
     """Params and optimizer after ``steps`` steps on seeded data (None grads included)."""
     rng = np.random.default_rng(7)
-    params = _arrays(rng, SHAPES, dtype)
+    shapes = MATRIX_SHAPES if info.shapes else SHAPES  # Muon takes matrices only
+    params = _arrays(rng, shapes, dtype)
     bases = None
     if layout is not None:
         params, bases = layout(params)
     groups = [{"params": params[:GROUP0]}, {"params": params[GROUP0:], **info.group_overrides}]
     opt = info.cls(groups, backend=backend, **config)
     for k in range(steps):
-        grads = _arrays(rng, SHAPES, dtype, special=special and k == 1)
+        grads = _arrays(rng, shapes, dtype, special=special and k == 1)
         if k == 0:
             grads[3] = None  # param 3 starts a step late: buckets with different scalars
         if layout is not None:

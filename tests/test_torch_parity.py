@@ -14,9 +14,19 @@ import pytest
 
 from tests.conftest import to_numpy, to_xp
 from tests.optim_table import CASE_IDS, CASES, TABLE
-from tests.test_optimizers import STEPS, build, grad_plan, initial_params
+from tests.test_optimizers import STEPS, build, grad_plan, initial_params, shapes_of
 
 torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def muon_newton_schulz_in_float64(monkeypatch):
+    """torch runs Muon's Newton-Schulz in bfloat16, ms_optim in the parameter's dtype (see Muon's warning)."""
+    import torch.optim._muon as torch_muon
+
+    from tests.test_torch_table import _ns_in_input_dtype
+
+    monkeypatch.setattr(torch_muon, "_zeropower_via_newtonschulz", _ns_in_input_dtype)
 
 TORCH_CASES = [(i, c) for i, c in CASES if i.torch_name]
 TORCH_IDS = [n for (i, c), n in zip(CASES, CASE_IDS) if i.torch_name]
@@ -28,11 +38,11 @@ def run_torch(info, config, dtype, steps=STEPS):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        params = [torch.tensor(p, dtype=dtype) for p in initial_params()]
+        params = [torch.tensor(p, dtype=dtype) for p in initial_params(shapes=shapes_of(info))]
         cls = getattr(torch.optim, info.torch_name)
         groups = [{"params": params[:3]}, {"params": params[3:], **info.group_overrides}]
         opt = cls(groups, **config, foreach=False)
-        for grads in grad_plan(steps=steps):
+        for grads in grad_plan(steps=steps, shapes=shapes_of(info)):
             for p, g in zip(params, grads):
                 p.grad = None if g is None else torch.tensor(g, dtype=dtype)
             opt.step()
@@ -44,9 +54,9 @@ def run_torch(info, config, dtype, steps=STEPS):
 @pytest.mark.parametrize("info,config", TORCH_CASES, ids=TORCH_IDS)
 def test_float64_matches_torch(info, config, xp):
     topt, tparams = run_torch(info, config, torch.float64)
-    params = [to_xp(xp, p) for p in initial_params()]
+    params = [to_xp(xp, p) for p in initial_params(shapes=shapes_of(info))]
     opt = build(info, config, params)
-    for grads in grad_plan():
+    for grads in grad_plan(shapes=shapes_of(info)):
         opt([None if g is None else to_xp(xp, g) for g in grads])
     for i, (p, tp) in enumerate(zip(params, tparams)):
         np.testing.assert_allclose(to_numpy(p), tp.detach().numpy(), rtol=1e-9, atol=1e-12, err_msg=f"param {i}")
@@ -63,9 +73,9 @@ def test_float64_matches_torch(info, config, xp):
 @pytest.mark.parametrize("info,config", TORCH_CASES, ids=TORCH_IDS)
 def test_float32_matches_torch_to_a_few_ulps(info, config, xp):
     _, tparams = run_torch(info, config, torch.float32)
-    params = [to_xp(xp, p, xp.float32) for p in initial_params()]
+    params = [to_xp(xp, p, xp.float32) for p in initial_params(shapes=shapes_of(info))]
     opt = build(info, config, params)
-    for grads in grad_plan():
+    for grads in grad_plan(shapes=shapes_of(info)):
         opt([None if g is None else to_xp(xp, g, xp.float32) for g in grads])
     eps32 = float(np.finfo(np.float32).eps)
     for p, tp in zip(params, tparams):
@@ -124,7 +134,7 @@ def test_value_errors_match_torch(info):
 @pytest.mark.parametrize("info,config", TORCH_CASES, ids=TORCH_IDS)
 def test_a_torch_checkpoint_resumes_here_as_in_torch(info, config):
     """torch's state_dict loads as it is (tensors, its extra group keys) and training goes on alike."""
-    plan = grad_plan()
+    plan = grad_plan(shapes=shapes_of(info))
     topt, tparams = run_torch(info, config, torch.float64, steps=5)
     params = [p.detach().numpy().copy() for p in tparams]
     opt = build(info, config, params)

@@ -147,11 +147,6 @@ DEPARTURES = {
         "ms_optim refuses a complex parameter with TypeError when it joins a group "
         "(a dtype is a type); torch raises RuntimeError at the first step",
     ),
-    ("SparseAdam", "complex not supported"): (
-        TypeError,
-        "ms_optim refuses a complex parameter with TypeError when it joins a group "
-        "(a dtype is a type); torch's SparseAdam raises ValueError",
-    ),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..checks import check_bool, check_lr, check_real
+from ..checks import check_bool, check_real
 from ..engine.namespace import array_namespace, device
 from ..optimizer import Optimizer
 
@@ -125,7 +125,9 @@ class Adafactor(Optimizer):
         super().__init__(params, defaults, backend=backend)
 
     def _validate(self, group):
-        check_lr(group["lr"])
+        lr = check_real("lr", group["lr"])
+        if not 0.0 <= lr < math.inf:  # torch's words for this optimizer
+            raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
         beta2_decay = check_real("beta2_decay", group["beta2_decay"])
         if not beta2_decay <= 0.0:
             raise ValueError(f"beta2_decay should be <= 0 but is: {beta2_decay}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..checks import check_bool, check_lr, check_real
+from ..checks import check_bool, check_real
 from ..optimizer import Optimizer
 
 __all__ = ["Muon", "newton_schulz"]
@@ -134,7 +134,9 @@ class Muon(Optimizer):
         super().__init__(params, defaults, backend=backend)
 
     def _validate(self, group):
-        check_lr(group["lr"])
+        lr = check_real("lr", group["lr"])
+        if not 0.0 <= lr < math.inf:  # torch's words for this optimizer
+            raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
         momentum = check_real("momentum", group["momentum"])
         if not 0.0 <= momentum < math.inf:
             raise ValueError(f"momentum should be >= 0 but is: {momentum}")

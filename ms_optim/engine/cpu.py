@@ -811,15 +811,17 @@ class CpuBackend:
                             for j, kind in enumerate(layout.operands)]
                 except ValueError:
                     usable = False
-                # an operand is indexed by the C-order element number of the parameter
-                usable = usable and c_order and all(a.flags.c_contiguous for a in arrays[n_full:])
+                # operands are indexed by the parameter's C-order element number (below: C-order
+                # copies of strided full arrays); a strided operand is small, so copy it too
+                ops = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays[n_full:]]
+                keep.extend((None, a) for a in ops)
             if not usable:  # eager handles (or rejects, as it would anyway) what the kernel cannot
                 eager.append(t)
                 continue
             rows.append(n)
             total += n
             full = arrays[:n_full]
-            if c_order or all(a.flags.f_contiguous for a in full):
+            if c_order or (columns is None and all(a.flags.f_contiguous for a in full)):
                 # all C- or all F-ordered: memory order matches element for element.
                 # p and state live across steps (cached addresses); g is usually new
                 rows.extend([address(a) if k in written else a.ctypes.data for k, a in enumerate(full)])
@@ -830,7 +832,7 @@ class CpuBackend:
                     keep.append((a if k in written and scratch is not a else None, scratch))
                 self.stats["copied_tensors"] += 1
             if columns is not None:
-                rows.extend(a.ctypes.data for a in arrays[n_full:])
+                rows.extend(a.ctypes.data for a in ops)
                 for j, run in enumerate(runs):
                     if run is not None:
                         inner, span = run

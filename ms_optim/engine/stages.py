@@ -116,7 +116,8 @@ class Tensors:
             column = [op] * n if is_array(op) else list(op)
             if len(column) != n:
                 raise ValueError(f"operands[{j}] has {len(column)} entries for {n} tensors")
-            cast = [o if o.dtype == p.dtype else xp.astype(o, p.dtype) for o, p in zip(column, self.p)]
+            # NumPy's 0-d arithmetic gives scalars (np.float32), not arrays: asarray makes them arrays again
+            cast = [xp.asarray(o, dtype=p.dtype) for o, p in zip(column, self.p)]
             # one value per tensor however it is shaped ((1, 1) row means): read once, not per element
             op_columns.append([xp.reshape(o, ()) if o.ndim and math.prod(o.shape) == 1 else o for o in cast])
         kinds = tuple("scalar" if all(o.ndim == 0 for o in col) else "bcast" for col in op_columns)
