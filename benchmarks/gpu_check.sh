@@ -7,15 +7,15 @@
 #   bash benchmarks/gpu_check.sh            # on the GPU machine, after benchmarks/gpu_wheels.sh here
 #   bash benchmarks/gpu_check.sh --dry-run  # here, without a GPU: every path but the GPU's
 #
-# Writes under $OUT (a temporary folder when unset): summary.txt (each stage's status and time,
+# Writes into $OUT (a temporary folder when unset): summary.txt (each stage's status and time,
 # test counts, failures, the goals), facts.txt, tests.log, tests.xml, bench.txt, bench.json,
-# bench.log: 7 files, one folder down, as the device tool brings back (8 at most).
+# bench.log: 7 files, where the device tool brings back 8 at most.
 #
-# Knobs (environment): STAGES ("install facts smoke tests bench"), PYTHON (python3), WHEELS (.whl),
-# SITE (/tmp/site; a temporary folder with --dry-run), TEST_PATHS ("tests"),
-# TEST_K ("cupy or test_cuda_backend or test_cuda_kernels"), XDIST (auto: 8 workers where
-# pytest-xdist imports; a number; 0 for none), TESTS_TIMEOUT (240), BENCH_TIMEOUT (200),
-# BENCH_ARGS (extra bench_cuda.py arguments), GPU_CHECK_TOTAL_S (450).
+# Knobs (environment): STAGES ("install facts smoke tests bench"), PYTHON (python3),
+# WHEELS (.whl), SITE (/tmp/site; a temporary folder with --dry-run), TEST_PATHS ("tests"),
+# TEST_K ("(cupy or gpu or test_cuda_backend or test_cuda_kernels) and not test_gpu_check"),
+# XDIST (auto: 8 workers where pytest-xdist imports; a number; 0 for none), TESTS_TIMEOUT (240),
+# BENCH_TIMEOUT (200), BENCH_ARGS (extra bench_cuda.py arguments), GPU_CHECK_TOTAL_S (450).
 set -u
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -34,11 +34,17 @@ mkdir -p "$OUT"
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
 if [ -z "${SITE:-}" ]; then
-    if [ $DRY = 1 ]; then SITE=$(mktemp -d /tmp/gpu_check_site.XXXXXX); else SITE=/tmp/site; fi
+    if [ $DRY = 1 ]; then
+        SITE=$(mktemp -d /tmp/gpu_check_site.XXXXXX)
+        trap 'rm -rf "$SITE"' EXIT  # ours alone
+    else
+        SITE=/tmp/site
+    fi
 fi
 STAGES=${STAGES:-install facts smoke tests bench}
 TEST_PATHS=${TEST_PATHS:-tests}
-TEST_K=${TEST_K-cupy or test_cuda_backend or test_cuda_kernels}
+# every test on the cupy namespace, the two CUDA files, the demo's GPU tests; not this script's own
+TEST_K=${TEST_K-(cupy or gpu or test_cuda_backend or test_cuda_kernels) and not test_gpu_check}
 XDIST=${XDIST:-auto}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-240}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-200}
