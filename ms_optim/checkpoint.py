@@ -599,6 +599,8 @@ def _checked_optimizer_state(sd: dict, optimizer, path: str) -> dict:
     if not isinstance(state, dict):
         raise TypeError(f"{where}['state'] must be a dict, got {type(state).__name__}")
     live = optimizer.param_groups
+    if len(groups) != len(live):
+        raise ValueError(f"{where} has {len(groups)} param groups; the optimizer has {len(live)}")
     ids: set[int] = set()
     new_groups = []
     for gi, group in enumerate(groups):
@@ -614,11 +616,16 @@ def _checked_optimizer_state(sd: dict, optimizer, path: str) -> dict:
             if pid in ids:
                 raise ValueError(f"{gwhere}['params'] lists parameter id {pid} a second time")
             ids.add(pid)
-        like = live[gi]["params"][0] if gi < len(live) and live[gi]["params"] else None
+        if len(pids) != len(live[gi]["params"]):
+            raise ValueError(
+                f"{gwhere} has {len(pids)} params, the optimizer's group {gi} has {len(live[gi]['params'])}: "
+                "not a checkpoint of this model"
+            )
+        like = live[gi]["params"][0] if live[gi]["params"] else None
         new = {}
         for key, value in group.items():
             if key != "params":
-                value = _checked_hyper(value, f"{gwhere}[{key!r}]", like)
+                value = _checked_hyper(value, f"{gwhere}[{key!r}]", like, key)
             new[key] = value
         new_groups.append(new)
     for pid, st in state.items():
@@ -638,8 +645,18 @@ def _checked_optimizer_state(sd: dict, optimizer, path: str) -> dict:
     return {"state": state, "param_groups": new_groups}
 
 
-def _checked_hyper(value, where: str, like):
+#: keys schedulers write into param groups, which no optimizer's checks cover
+_SCHEDULER_GROUP_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+
+
+def _checked_hyper(value, where: str, like, key=None):
     """A hyper-parameter as stored; a 0-d array goes to the namespace and device of ``like``."""
+    if key in _SCHEDULER_GROUP_KEYS:
+        number = float(value) if _kind(value) in ("number", "array") and np.ndim(value) == 0 else None
+        if number is None:
+            raise TypeError(f"{where} must be a real number, got {type(value).__name__}: {value!r}")
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{where} must be a finite number >= 0, got {value!r}")
     if isinstance(value, (list, tuple)):
         out = [_checked_hyper(v, f"{where}[{i}]", like) for i, v in enumerate(value)]
         return tuple(out) if isinstance(value, tuple) else out
@@ -745,6 +762,8 @@ def _snapshot_scheduler(scheduler):
         objects[id(obj)] = obj
         for value in vars(obj).values():
             for item in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(item, Optimizer):
+                    continue  # restored by the optimizer's own snapshot, never replaced
                 if isinstance(item, LRScheduler):
                     walk(item)
                 elif callable(item) and hasattr(item, "__dict__") and not isinstance(item, (type, types.FunctionType)):
