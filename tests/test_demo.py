@@ -130,9 +130,9 @@ def test_checkpoint_resume_continues_exactly(tmp_path, short_history):
     first = Run(SHORT, np, data=data)
     first.train(until=47)
     path = tmp_path / "ck.npz"
-    checkpoint.save(str(path), first.state_dict())
+    checkpoint.save(str(path), first)
 
-    resumed = Run.from_state_dict(checkpoint.load(str(path)), np)
+    resumed = Run.from_saved(checkpoint.load(str(path)), np)
     assert resumed.step == 47
     h = resumed.train()
     assert h.loss == short_history.loss and h.lr == short_history.lr
@@ -149,25 +149,27 @@ def test_resume_is_exact_for_each_scheduler(tmp_path, optimizer, scheduler):
     whole = train(config)
     part = Run(config, np)
     part.train(until=11)
-    checkpoint.save(str(tmp_path / "ck.npz"), part.state_dict())
-    rest = Run.from_state_dict(checkpoint.load(str(tmp_path / "ck.npz")), np).train()
+    checkpoint.save(str(tmp_path / "ck.npz"), part)
+    rest = Run.from_saved(checkpoint.load(str(tmp_path / "ck.npz")), np).train()
     assert rest.loss == whole.loss and rest.lr == whole.lr
 
 
-def test_checkpoint_tree_round_trips_types(tmp_path):
-    tree = {
-        "state": {0: {"step": np.float32(3.0), "exp_avg": np.arange(3, dtype=np.float32)}, 1: {}},
-        "groups": [{"betas": (0.9, 0.999), "lr": 1e-3, "nesterov": False, "name": None}],
-        "n": 7,
-    }
-    checkpoint.save(str(tmp_path / "t.npz"), tree)
-    back = checkpoint.load(str(tmp_path / "t.npz"))
-    assert set(back["state"]) == {0, 1}
-    step = back["state"][0]["step"]
-    assert isinstance(step, np.float32) and step == 3.0
-    assert np.array_equal(back["state"][0]["exp_avg"], tree["state"][0]["exp_avg"])
-    assert back["groups"] == tree["groups"] and isinstance(back["groups"][0]["betas"], tuple)
-    assert back["n"] == 7
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("adamw-warmup-cosine", TrainConfig(steps=24, batch_size=16, hidden=(8,))),
+        ("sgd-onecycle", TrainConfig(optimizer="sgd", scheduler="onecycle", steps=24, batch_size=16, hidden=(8,), dtype="float64")),
+    ],
+)
+def test_checkpoints_of_the_old_format_still_resume_exactly(capsys, tmp_path, name, config):
+    """tests/data/demo-v1-*.npz were written by the demo before ms_optim.checkpoint, at step 11."""
+    path = REPO / "tests" / "data" / f"demo-v1-{name}.npz"
+    saved = checkpoint.load(str(path))
+    assert saved.step == 11 and saved.config == config
+    assert Run.from_saved(saved, np).train().loss == train(config).loss
+    code, out, err = _cli(capsys, "--resume", str(path), "--quiet", "--device", "cpu", "--save", str(tmp_path / "new.ckpt"))
+    assert code == 0 and "resuming at step 11" in out, err
+    assert checkpoint.load(str(tmp_path / "new.ckpt")).step == 24  # and saved again in the new format
 
 
 def test_divergence_is_reported_not_hidden():
@@ -301,11 +303,11 @@ def test_ctrl_c_stops_after_a_whole_step_and_saves_a_resumable_checkpoint(tmp_pa
         proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted at step" in err
-    state = checkpoint.load(str(ck))
-    assert 0 < state["step"] < 1_000_000 and len(state["history"]["loss"]) == state["step"]
-    run = Run.from_state_dict(state, np)
-    run.train(until=state["step"] + 3)
-    assert run.step == state["step"] + 3
+    saved = checkpoint.load(str(ck))
+    assert 0 < saved.step < 1_000_000 and len(saved.loss) == saved.step
+    run = Run.from_saved(saved, np)
+    run.train(until=saved.step + 3)
+    assert run.step == saved.step + 3
 
 
 def test_top_level_command_dispatch(capsys):
@@ -346,8 +348,8 @@ def test_cli_save_and_resume_match_an_uninterrupted_run(capsys, tmp_path):
     accuracy = [l.split(",")[0] for l in (resumed + whole).splitlines() if l.startswith("done")]
     assert len(accuracy) == 2 and accuracy[0] == accuracy[1]
     a, b = checkpoint.load(str(tmp_path / "end.npz")), checkpoint.load(str(tmp_path / "whole.npz"))
-    assert a["history"] == b["history"]
-    assert all(np.array_equal(p, q) for p, q in zip(a["params"], b["params"]))
+    assert a.loss == b.loss and a.lr == b.lr
+    assert all(np.array_equal(p, q) for p, q in zip(a.params, b.params))
     # a conflicting option is refused rather than silently ignored
     code, _, err = _cli(capsys, "--resume", str(ck), "--optimizer", "sgd", "--device", "cpu")
     assert code != 0 and "differs from the checkpoint" in err
@@ -397,3 +399,164 @@ def test_demo_on_the_gpu_matches_the_cpu():
     cpu = train(config)
     np.testing.assert_allclose(gpu.loss, cpu.loss, rtol=1e-6)
     assert abs(gpu.test_accuracy - cpu.test_accuracy) <= 1 / cpu.n_test
+
+
+# --- resuming an edited or damaged checkpoint ---------------------------------------------
+
+from tests import checkpoint_files as cf  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demo") / "ck.ckpt"
+    run = Run(TrainConfig(steps=24, batch_size=16, hidden=(8,)), np)
+    run.train(until=6)
+    checkpoint.save(str(path), run)
+    return path
+
+
+def _extra(doc):
+    return doc["extra"]
+
+
+def _cfg(doc):
+    return doc["extra"]["config"]
+
+
+def _param_array(i, value):
+    def change(doc, arrays):
+        cf.replace_array(doc, arrays, _extra(doc)["params"][i], value)
+
+    return change
+
+
+def _demo_state(doc):
+    return cf.state_entries(doc)[0]
+
+
+# (id, change(doc, arrays), what the one-line error must name)
+EDITS = [
+    ("extra-format", lambda d, a: _extra(d).__setitem__("format", "ms_optim.demo/9"), "not a demo checkpoint"),
+    ("config-missing", lambda d, a: _extra(d).pop("config"), "'config'"),
+    ("config-list", lambda d, a: _extra(d).__setitem__("config", [1]), "'config'"),
+    ("config-lacks-seed", lambda d, a: _cfg(d).pop("seed"), "config lacks seed"),
+    ("config-unknown", lambda d, a: _cfg(d).__setitem__("momentum", 0.9), "momentum"),
+    ("optimizer-unknown", lambda d, a: _cfg(d).__setitem__("optimizer", "lion"), "config.optimizer"),
+    ("optimizer-int", lambda d, a: _cfg(d).__setitem__("optimizer", 3), "config.optimizer"),
+    ("optimizer-other", lambda d, a: _cfg(d).__setitem__("optimizer", "sgd"), "config.optimizer"),
+    ("lr-string", lambda d, a: _cfg(d).__setitem__("lr", "0.1"), "config.lr"),
+    ("lr-negative", lambda d, a: _cfg(d).__setitem__("lr", -1), "config.lr"),
+    ("lr-nan", lambda d, a: _cfg(d).__setitem__("lr", {"__float__": "nan"}), "config.lr"),
+    ("scheduler-unknown", lambda d, a: _cfg(d).__setitem__("scheduler", "zigzag"), "config.scheduler"),
+    ("scheduler-other", lambda d, a: _cfg(d).__setitem__("scheduler", "constant"), "config.scheduler"),
+    ("steps-zero", lambda d, a: _cfg(d).__setitem__("steps", 0), "config.steps"),
+    ("steps-float", lambda d, a: _cfg(d).__setitem__("steps", 24.5), "config.steps"),
+    ("steps-bool", lambda d, a: _cfg(d).__setitem__("steps", True), "config.steps"),
+    ("steps-below-step", lambda d, a: _cfg(d).__setitem__("steps", 3), "'step'"),
+    ("warmup-too-big", lambda d, a: _cfg(d).__setitem__("warmup", 24), "config.warmup"),
+    ("warmup-string", lambda d, a: _cfg(d).__setitem__("warmup", "5"), "config.warmup"),
+    ("batch-zero", lambda d, a: _cfg(d).__setitem__("batch_size", 0), "config.batch_size"),
+    ("batch-huge", lambda d, a: _cfg(d).__setitem__("batch_size", 10**6), "config.batch_size"),
+    ("seed-negative", lambda d, a: _cfg(d).__setitem__("seed", -1), "config.seed"),
+    ("seed-string", lambda d, a: _cfg(d).__setitem__("seed", "0"), "config.seed"),
+    ("hidden-empty", lambda d, a: _cfg(d).__setitem__("hidden", []), "config.hidden"),
+    ("hidden-zero", lambda d, a: _cfg(d).__setitem__("hidden", [0]), "config.hidden"),
+    ("hidden-huge", lambda d, a: _cfg(d).__setitem__("hidden", [10**9]), "config.hidden"),
+    ("hidden-str", lambda d, a: _cfg(d).__setitem__("hidden", "8"), "config.hidden"),
+    ("hidden-other", lambda d, a: _cfg(d).__setitem__("hidden", [16]), "params"),
+    ("dtype-other", lambda d, a: _cfg(d).__setitem__("dtype", "float64"), "params[0]"),
+    ("dtype-unknown", lambda d, a: _cfg(d).__setitem__("dtype", "int8"), "config.dtype"),
+    ("step-missing", lambda d, a: _extra(d).pop("step"), "'step'"),
+    ("step-string", lambda d, a: _extra(d).__setitem__("step", "6"), "'step'"),
+    ("step-negative", lambda d, a: _extra(d).__setitem__("step", -1), "'step'"),
+    ("step-other", lambda d, a: _extra(d).__setitem__("step", 5), "history.loss"),
+    ("params-short", lambda d, a: _extra(d)["params"].pop(), "'params'"),
+    ("params-dict", lambda d, a: _extra(d).__setitem__("params", {}), "'params'"),
+    ("params-number", lambda d, a: _extra(d)["params"].__setitem__(0, 1.0), "params[0]"),
+    ("params-complex", _param_array(0, np.zeros((64, 8), np.complex64)), "['params'][0]"),
+    ("params-int", _param_array(1, np.zeros(8, np.int32)), "params[1]"),
+    ("params-float64", _param_array(1, np.zeros(8, np.float64)), "params[1]"),
+    ("params-shape", _param_array(0, np.zeros((8, 64), np.float32)), "params[0]"),
+    ("params-nan", _param_array(2, np.full((8, 10), np.nan, np.float32)), "params[2]"),
+    ("params-object", _param_array(3, np.array([None] * 10)), "params"),
+    ("history-missing", lambda d, a: _extra(d).pop("history"), "'history'"),
+    ("history-lr-missing", lambda d, a: _extra(d)["history"].pop("lr"), "'history'"),
+    ("history-list-str", lambda d, a: _extra(d)["history"].__setitem__("loss", ["a"] * 6), "history.loss"),
+    ("history-short", lambda d, a: _extra(d)["history"].__setitem__("loss", [1.0] * 5), "history.loss"),
+    ("history-nan", lambda d, a: _extra(d)["history"].__setitem__("lr", [{"__float__": "nan"}] * 6), "history.lr"),
+    ("opt-lr-nan", lambda d, a: d["optimizer"]["state_dict"]["param_groups"][0].__setitem__("lr", {"__float__": "nan"}), "learning rate"),
+    ("opt-step-other", lambda d, a: _demo_state(d).__setitem__("step", 3), "step 3"),
+    ("opt-state-nan", lambda d, a: cf.replace_array(d, a, _demo_state(d)["exp_avg"], np.full((64, 8), np.nan, np.float32)), "non-finite"),
+    ("opt-state-complex", lambda d, a: cf.replace_array(d, a, _demo_state(d)["exp_avg"], np.zeros((64, 8), complex)), "dtype"),
+    ("opt-class", lambda d, a: d["optimizer"].__setitem__("class", "SGD"), "SGD"),
+    ("sched-missing", lambda d, a: d.__setitem__("scheduler", None), "scheduler"),
+    ("sched-base-lrs-nan", lambda d, a: d["scheduler"]["state_dict"].__setitem__("base_lrs", [{"__float__": "nan"}]), "NaN"),
+    ("sched-epoch-other", lambda d, a: d["scheduler"]["state_dict"].__setitem__("last_epoch", 2), "scheduler state is at step 2"),
+    ("sched-empty", lambda d, a: d["scheduler"].__setitem__("state_dict", {}), "lacks"),
+    ("sched-warmup-steps", lambda d, a: d["scheduler"]["state_dict"].__setitem__("warmup_steps", 2), "config.scheduler builds 1"),
+    ("sched-after-t-max", lambda d, a: d["scheduler"]["state_dict"]["after"].__setitem__("T_max", 0.5), "T_max"),
+    ("opt-eps-edited", lambda d, a: d["optimizer"]["state_dict"]["param_groups"][0].__setitem__("eps", 1e-3), "'eps'] is 0.001"),
+    ("opt-lr-edited", lambda d, a: d["optimizer"]["state_dict"]["param_groups"][0].__setitem__("lr", 1e9), "the schedule says"),
+    ("opt-betas-edited", lambda d, a: d["optimizer"]["state_dict"]["param_groups"][0].__setitem__("betas", [0.5, 0.9]), "betas"),
+    ("json-broken", None, "checkpoint.json"),
+]
+
+
+@pytest.mark.parametrize("change, fragment", [e[1:] for e in EDITS], ids=[e[0] for e in EDITS])
+def test_resume_of_an_edited_checkpoint_is_one_line_naming_file_and_field(capsys, demo_checkpoint, tmp_path, change, fragment):
+    bad = tmp_path / "edited.ckpt"
+    if change is None:
+        doc, arrays = cf.read_raw(demo_checkpoint)
+        cf.write_raw(bad, doc, arrays, json_text='{"format": "ms_optim.checkpoint", ')
+    else:
+        cf.edit(demo_checkpoint, bad, change)
+    code, out, err = _cli(capsys, "--resume", str(bad), "--device", "cpu", "--quiet")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("ms-optim demo: error:") and str(bad) in line and fragment in line, line
+    assert "internal error" not in line and " --" not in line  # never a flag the user did not pass
+    assert "Traceback" not in err + out and "done" not in out
+
+
+def test_the_unedited_checkpoint_resumes(capsys, demo_checkpoint):
+    code, out, err = _cli(capsys, "--resume", str(demo_checkpoint), "--device", "cpu", "--quiet")
+    assert code == 0 and "resuming at step 6" in out, err
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder", "read-only-folder"])
+def test_a_bad_save_path_is_reported_before_training(capsys, tmp_path, where):
+    if where == "missing-folder":
+        target = tmp_path / "nope" / "ck.ckpt"
+    elif where == "a-folder":
+        target = tmp_path
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o500)
+        target = folder / "ck.ckpt"
+    code, out, err = _cli(capsys, *FAST, "--quiet", "--save", str(target))
+    assert code == 1 and err.strip().splitlines()[0].startswith("ms-optim demo: error: --save"), err
+    assert "done" not in out and "MLP" not in out  # told before the run starts
+
+
+def test_a_killed_saves_temporaries_are_cleaned_by_the_next_save(capsys, tmp_path):
+    import time
+
+    old_style = tmp_path / ".ckpt-k1ll3d_x.tmp"  # what the demo's previous writer left when killed
+    old_style.write_bytes(b"PK\x03\x04half a checkpoint")
+    then = time.time() - 3600
+    os.utime(old_style, (then, then))
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    from ms_optim.checkpoint import _hostname
+
+    ours = tmp_path / f".ck.ckpt.ckpt-{_hostname()}-{proc.pid}-0badf00d.tmp"
+    ours.write_bytes(b"PK\x03\x04")
+    keep = tmp_path / "notes.tmp"
+    keep.write_text("mine")
+    code, out, err = _cli(capsys, *FAST, "--quiet", "--save", str(tmp_path / "ck.ckpt"))
+    assert code == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["ck.ckpt", "notes.tmp"]

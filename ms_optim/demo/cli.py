@@ -161,18 +161,19 @@ def _run(args) -> int:
         backend = select_backend(args.device)
         return _compare(names, config, backend, args)
 
+    if args.save:
+        checkpoint.check_writable(args.save)  # say so now, not after the training
     backend = select_backend(args.device)
     if args.resume:
-        state = checkpoint.load(args.resume)
-        saved = state.get("config") if isinstance(state, dict) else None
-        if isinstance(saved, dict):
-            for k, v in given.items():
-                if k in saved and _normal(saved[k]) != _normal(v):
-                    raise DemoError(
-                        f"--{k.replace('_', '-')} {_show(v)} differs from the checkpoint's {_show(saved[k])}; "
-                        "drop it to continue the saved run"
-                    )
-        run = Run.from_state_dict(state, backend.xp, backend.device)
+        saved = checkpoint.load(args.resume)
+        for k, v in given.items():
+            have = getattr(saved.config, k)
+            if _normal(have) != _normal(v):
+                raise DemoError(
+                    f"--{k.replace('_', '-')} {_show(v)} differs from the checkpoint's {_show(have)}; "
+                    "drop it to continue the saved run"
+                )
+        run = Run.from_saved(saved, backend.xp, backend.device)
     else:
         run = Run(TrainConfig(**given), backend.xp, backend.device)
 
@@ -185,7 +186,7 @@ def _run(args) -> int:
     history, interrupted = _train_with_progress(run, args.until, args.quiet, label="")
     print(_final_line(history, run.step, config.steps))
     if args.save:
-        checkpoint.save(args.save, run.state_dict())
+        checkpoint.save(args.save, run)
         print(f"checkpoint at step {run.step} saved to {args.save}" + (f" (continue with --resume {args.save})" if run.step < config.steps else ""))
     if args.plot:
         title = f"{run.optimizer.__class__.__name__}, {config.scheduler}, {run.step} steps: test accuracy {100 * history.test_accuracy:.2f}%"

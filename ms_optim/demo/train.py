@@ -4,8 +4,8 @@
 array namespace; ``Run.train`` advances it and returns the ``History``. A run is a pure
 function of its ``TrainConfig``: the split, the initial weights and every minibatch come
 from the seed, so two runs with one config agree bit for bit on the CPU, and a run saved
-with ``state_dict`` and restored with ``load_state_dict`` continues exactly as if it had
-never stopped.
+with ``checkpoint.save`` and rebuilt with ``Run.from_saved`` continues exactly as if it
+had never stopped.
 """
 
 from __future__ import annotations
@@ -15,13 +15,11 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from array_api_compat import is_cupy_array, is_numpy_array
 
 from . import choices, mlp
 from .data import N_CLASSES, N_FEATURES, BatchSampler, Dataset, load_dataset
 from .errors import DemoError
 
-CHECKPOINT_FORMAT = "ms_optim.demo/1"
 DTYPES = ("float32", "float64")
 
 
@@ -39,32 +37,36 @@ class TrainConfig:
     hidden: tuple[int, ...] = (128,)
     dtype: str = "float32"
 
-    def validate(self) -> None:
-        """Raise ``DemoError`` naming the first bad field."""
+    def validate(self, name=None, fail=DemoError) -> None:
+        """Raise ``fail(message)`` naming the first bad field.
+
+        ``name(field)`` is how the message names a field: by default the CLI flag
+        (``--batch-size``); a checkpoint's values are named as its fields (``config.batch_size``),
+        so that an error never blames a flag the user did not pass.
+        """
+        name = name or _flag
         choices.optimizer_class(self.optimizer)
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise DemoError(f"--lr must be a positive number, got {self.lr}")
+            raise fail(f"{name('lr')} must be a positive number, got {self.lr}")
         if self.scheduler not in choices.SCHEDULERS:
-            raise DemoError(f"unknown scheduler {self.scheduler!r}; choose from {', '.join(choices.SCHEDULERS)}")
+            raise fail(f"unknown scheduler {self.scheduler!r}; choose from {', '.join(choices.SCHEDULERS)}")
         if self.steps < 1:
-            raise DemoError(f"--steps must be at least 1, got {self.steps}")
+            raise fail(f"{name('steps')} must be at least 1, got {self.steps}")
         if self.warmup is not None and not 0 <= self.warmup < self.steps:
-            raise DemoError(f"--warmup must be in [0, steps), got {self.warmup} with --steps {self.steps}")
+            raise fail(f"{name('warmup')} must be in [0, steps), got {self.warmup} with {name('steps')} {self.steps}")
         if self.batch_size < 1:
-            raise DemoError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise fail(f"{name('batch_size')} must be at least 1, got {self.batch_size}")
         if not self.hidden or any(h < 1 for h in self.hidden):
-            raise DemoError(f"--hidden must be positive layer widths, got {','.join(map(str, self.hidden))}")
+            raise fail(f"{name('hidden')} must be positive layer widths, got {','.join(map(str, self.hidden))}")
         if self.dtype not in DTYPES:
-            raise DemoError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise fail(f"{name('dtype')} must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["hidden"] = tuple(int(h) for h in d.get("hidden", cls.hidden))
-        return cls(**d)
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
 
 
 @dataclass
@@ -89,46 +91,24 @@ class History:
         return self.train_seconds / self.timed_steps if self.timed_steps else float("nan")
 
 
-def to_host(tree):
-    """A copy of ``tree`` with every array as a NumPy array (for checkpoints)."""
-    if isinstance(tree, dict):
-        return {k: to_host(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(to_host(v) for v in tree)
-    if isinstance(tree, np.generic) or is_numpy_array(tree):
-        return np.array(tree, copy=True) if is_numpy_array(tree) else tree
-    if is_cupy_array(tree):
-        return tree.get()
-    if hasattr(tree, "__dlpack__") and hasattr(tree, "shape"):
-        return np.from_dlpack(tree).copy()
-    return tree
-
-
-def to_device(tree, xp, device=None):
-    """A copy of ``tree`` with every NumPy array moved into namespace ``xp``."""
-    if isinstance(tree, dict):
-        return {k: to_device(v, xp, device) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(to_device(v, xp, device) for v in tree)
-    if isinstance(tree, np.ndarray):
-        return xp.asarray(tree, device=device, copy=True)
-    return tree
-
-
 def _quiet_fp():
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 class Run:
-    """One training run on namespace ``xp``: build it, ``train`` it, ``state_dict`` it."""
+    """One training run on namespace ``xp``: build it, ``train`` it, save it with ``checkpoint.save``."""
 
-    def __init__(self, config: TrainConfig, xp, device=None, data: Dataset | None = None):
-        config.validate()
+    def __init__(self, config: TrainConfig, xp, device=None, data: Dataset | None = None, *, name=None, fail=DemoError):
+        # name/fail: how errors name a field and what they raise (TrainConfig.validate)
+        config.validate(name, fail)
         self.config, self.xp, self.device = config, xp, device
         self.dtype = getattr(xp, config.dtype)
         self.data = data if data is not None else load_dataset(xp, seed=config.seed, dtype=self.dtype, device=device)
         if config.batch_size > self.data.n_train:
-            raise DemoError(f"--batch-size must be at most {self.data.n_train} (the training set), got {config.batch_size}")
+            raise fail(
+                f"{(name or _flag)('batch_size')} must be at most {self.data.n_train} (the training set), "
+                f"got {config.batch_size}"
+            )
         self.sizes = mlp.layer_sizes(N_FEATURES, config.hidden, N_CLASSES)
         self.params = mlp.init_params(self.sizes, xp, seed=config.seed, dtype=self.dtype, device=device)
         self.optimizer, self.settings = choices.make_optimizer(config.optimizer, self.params, config.lr)
@@ -192,51 +172,89 @@ class Run:
         h.test_accuracy = mlp.accuracy(self.params, data.x_test, data.y_test, xp)
         h.test_correct = round(h.test_accuracy * data.n_test)
 
-    def state_dict(self) -> dict:
-        """The run as a tree of host (NumPy) arrays and Python values, for ``checkpoint.save``."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.config.to_dict(),
-            "step": self.step,
-            "params": to_host(list(self.params)),
-            "optimizer": to_host(self.optimizer.state_dict()),
-            "scheduler": None if self.scheduler is None else to_host(self.scheduler.state_dict()),
-            "history": {"loss": list(self.history.loss), "lr": list(self.history.lr)},
-        }
-
     @classmethod
-    def from_state_dict(cls, state: dict, xp, device=None) -> "Run":
-        """A run rebuilt from ``state_dict()`` on namespace ``xp``, ready to continue."""
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise DemoError(f"not a demo checkpoint of format {CHECKPOINT_FORMAT}")
+    def from_saved(cls, saved, xp, device=None) -> "Run":
+        """A run rebuilt on namespace ``xp`` from a checked ``checkpoint.SavedRun``, ready to continue.
+
+        The optimizer and scheduler are loaded with ``ms_optim.checkpoint`` (all or nothing,
+        every value checked); the parameters, step and history come from the demo's fields.
+        """
+        run = cls(saved.config, xp, device, name=lambda f: f"config.{f}", fail=saved.fail)
+        built_groups = [dict(g) for g in run.optimizer.param_groups]
+        built_schedule = None if run.scheduler is None else run.scheduler.state_dict()
         try:
-            config = TrainConfig.from_dict(state["config"])
-        except (TypeError, ValueError, KeyError) as err:
-            raise DemoError(f"checkpoint has a bad config: {err}") from None
-        run = cls(config, xp, device)
-        run.load_state_dict(state)
+            saved.checkpoint.restore(run.optimizer, run.scheduler)
+        except (TypeError, ValueError) as err:
+            message = str(err)
+            if message.startswith(f"{saved.path}: "):
+                message = message[len(saved.path) + 2 :]
+            raise saved.fail(message) from None
+        _check_settings_as_built(saved, built_groups, built_schedule)
+        for gi, group in enumerate(run.optimizer.param_groups):
+            # the lr is the schedule's (or the config's): an edited one would train another run
+            want = run.scheduler.get_last_lr()[gi] if run.scheduler is not None else run.settings["lr"]
+            if float(group["lr"]) != want:
+                raise saved.fail(f"optimizer param_groups[{gi}]['lr'] is {group['lr']!r}; the schedule says {want!r}")
+        for p, value in zip(run.params, saved.params):
+            p[...] = xp.asarray(value, dtype=p.dtype, device=device)
+        run.step = saved.step
+        run.history = History(loss=list(saved.loss), lr=list(saved.lr))
         return run
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore params (in place), optimizer, scheduler, step and history from ``state``."""
-        params = state["params"]
-        if len(params) != len(self.params) or any(
-            tuple(p.shape) != tuple(q.shape) for p, q in zip(params, self.params)
-        ):
-            raise DemoError("checkpoint parameters do not match the model's shapes")
-        step = int(state["step"])
-        if not 0 <= step <= self.config.steps or len(state["history"]["loss"]) != step:
-            raise DemoError(f"checkpoint has an inconsistent step count {step}")
-        for p, saved in zip(self.params, params):
-            p[...] = self.xp.asarray(saved, dtype=p.dtype, device=self.device)
+
+# What changes as a run goes on; everything else in the optimizer's groups and the scheduler's
+# state is fixed by the config, and must be what the config builds.
+_RUNNING_GROUP_KEYS = ("params", "lr", "momentum", "betas")
+_RUNNING_SCHEDULER_KEYS = ("last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step")
+
+
+def _check_settings_as_built(saved, built_groups: list, built_schedule) -> None:
+    """The saved optimizer settings and schedule are the ones ``saved.config`` builds.
+
+    A hand-edited ``total_steps`` or ``max_momentum`` would otherwise load (each value is
+    valid alone) and fail steps later; the demo knows what its config builds, so it says so now.
+    """
+    groups = saved.checkpoint.optimizer_state.get("param_groups")
+    if isinstance(groups, (list, tuple)) and len(groups) == len(built_groups):
+        for gi, (got, built) in enumerate(zip(groups, built_groups)):
+            if not isinstance(got, dict):
+                continue  # ms_optim.checkpoint names this one
+            # only a cyclic schedule moves the momentum; elsewhere it is a setting
+            running = _RUNNING_GROUP_KEYS if saved.config.scheduler == "onecycle" else ("params", "lr")
+            for key, value in built.items():
+                if key not in running and key in got and not _same(got[key], value):
+                    raise saved.fail(
+                        f"optimizer param_groups[{gi}][{key!r}] is {got[key]!r}; the config builds {value!r}"
+                    )
+    if built_schedule is not None and isinstance(saved.checkpoint.scheduler_state, dict):
+        _same_schedule(saved, saved.checkpoint.scheduler_state, built_schedule, "scheduler state")
+
+
+def _same_schedule(saved, got: dict, built: dict, where: str) -> None:
+    for key, value in built.items():
+        if key in _RUNNING_SCHEDULER_KEYS or key not in got:
+            continue  # a missing key is ms_optim.checkpoint's to name
+        if isinstance(value, dict) and isinstance(got[key], dict):
+            _same_schedule(saved, got[key], value, f"{where}[{key!r}]")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            if isinstance(got[key], list) and len(got[key]) == len(value):
+                for i, (g, b) in enumerate(zip(got[key], value)):
+                    if isinstance(g, dict):
+                        _same_schedule(saved, g, b, f"{where}[{key!r}][{i}]")
+        elif not _same(got[key], value):
+            raise saved.fail(f"{where}[{key!r}] is {got[key]!r}; config.scheduler builds {value!r}")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or hasattr(b, "__array_namespace__"):
         try:
-            self.optimizer.load_state_dict(to_device(state["optimizer"], self.xp, self.device))
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, TypeError, KeyError) as err:
-            raise DemoError(f"checkpoint optimizer/scheduler state does not load: {err}") from None
-        self.step = step
-        self.history = History(loss=[float(v) for v in state["history"]["loss"]], lr=[float(v) for v in state["history"]["lr"]])
+            return float(a) == float(b)  # a 0-d lr array: its value is what counts
+        except (TypeError, ValueError):
+            return False
+    return type(a) is type(b) and a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                                              and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
 
 
 def train(config: TrainConfig, xp=None, device=None, *, data: Dataset | None = None, on_step=None) -> History:
