@@ -534,7 +534,11 @@ def _anneal_cos(start, end, pct):
 
 
 def _anneal_linear(start, end, pct):
-    return (end - start) * pct + start
+    # torch lets 1cycle take one step past its last (step == total_steps), where
+    # pct > 1: extrapolated, the line runs past min_lr, to a negative lr when the
+    # last phase is steep. The schedule holds its end value there instead.
+    # (The cosine turns back by itself and is left as torch computes it.)
+    return (end - start) * min(pct, 1.0) + start
 
 
 _ANNEAL = {"cos": _anneal_cos, "linear": _anneal_linear}
