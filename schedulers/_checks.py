@@ -12,6 +12,9 @@ import numbers
 from typing import Any
 
 
+_BUILTIN = frozenset({bool, int, float, str, type(None)})
+
+
 def unbox(value: Any) -> Any:
     """A NumPy scalar or a 0-d array of any namespace as the Python number (or bool, str) it holds.
 
@@ -20,7 +23,7 @@ def unbox(value: Any) -> Any:
     where a Python number was meant; every check reads them through this.
     Anything else is returned as it is.
     """
-    if isinstance(value, (bool, int, float, str, type(None))):
+    if type(value) in _BUILTIN:  # exact types: np.float64 subclasses float, np.str_ str
         return value
     if getattr(value, "ndim", None) == 0:  # NumPy scalars have ndim 0 too
         item = getattr(value, "item", None)
@@ -57,7 +60,7 @@ def native(value: Any) -> Any:
     turn every later lr into float32 arithmetic (NumPy 2's promotion rules).
     """
     v = unbox(value)
-    return v if isinstance(v, (bool, int, float, str)) else value
+    return v if type(v) in _BUILTIN else value
 
 
 def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:

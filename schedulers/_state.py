@@ -148,7 +148,7 @@ def callable_state(name: str, v: Any) -> dict | None:
         return None
     if not isinstance(v, Mapping) or not all(isinstance(k, str) for k in v):
         raise TypeError(f"{name} must be None or a dict of attributes with str keys, got {type(v).__name__}: {v!r}")
-    return dict(v)
+    return {k: native(e) for k, e in v.items()}  # 0-d arrays from npz back to numbers
 
 
 def check_state(owner, state_dict: Any, spec: dict[str, tuple[Check, bool]], where: str) -> dict:

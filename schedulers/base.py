@@ -13,6 +13,8 @@ from ._checks import _is_real, check_last_epoch, check_optimizer, check_real, na
 __all__ = ["LRScheduler"]
 
 _INF = float("inf")
+#: how far below 0, relative to the base lr, a computed lr may be and still be rounding (written as 0.0)
+_ROUNDING = 1e-12
 
 
 class _SchedulerSnapshot:
@@ -154,7 +156,10 @@ class LRScheduler:
 
        * a step that would write a learning rate that is NaN, infinite or
          negative (a ``lr_lambda`` returning one, an ``ExponentialLR`` with
-         ``gamma > 1`` run until it overflows) raises ValueError instead;
+         ``gamma > 1`` run until it overflows) raises ValueError instead.
+         A value below 0 by rounding alone (within 1e-12 of the base lr:
+         torch's recursive ``LinearLR`` to ``end_factor=0`` ends at -3e-18)
+         is written as 0.0;
        * a group whose ``lr`` is an integer (or bool) 0-d array is refused
          with TypeError: writing 0.05 into it would store 0;
        * :meth:`load_state_dict` checks the whole state first (the class,
@@ -264,6 +269,10 @@ class LRScheduler:
                 f"param_groups[{i}] at step {self.last_epoch}: {value!r} (check {self._lr_source})"
             )
         v = float(u)
+        if v < 0.0 and v >= -_ROUNDING * max([1.0, *map(abs, getattr(self, "base_lrs", ()))]):
+            # Below 0 by rounding alone: LinearLR down to end_factor=0, computed
+            # recursively as torch does, ends at -3e-18. Its exact value is 0.
+            v = 0.0
         if not 0.0 <= v < _INF:
             raise ValueError(
                 f"{type(self).__name__} would set param_groups[{i}]['lr'] = {v!r} at step {self.last_epoch}: "

@@ -132,6 +132,7 @@ class CyclicLR(LRScheduler):
     """
 
     _not_in_state = ("_scale_fn_custom",)
+    _lr_source = "scale_fn and the lr bounds"
 
     @atomic
     def __init__(

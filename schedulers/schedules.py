@@ -38,7 +38,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
-from ._checks import check_choice, check_int, check_real
+from ._checks import check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "Schedule",
@@ -567,9 +567,8 @@ def _check_one_cycle(total_steps, epochs, steps_per_epoch, pct_start, anneal_str
     check_choice("anneal_strategy", anneal_strategy, tuple(_ANNEAL))
     check_real("div_factor", div_factor, low=0.0, low_open=True)
     check_real("final_div_factor", final_div_factor, low=0.0, low_open=True)
-    if not isinstance(three_phase, bool):
-        raise TypeError(f"three_phase must be a bool, got {type(three_phase).__name__}: {three_phase!r}")
-    ends = _one_cycle_ends(total, pct_start, three_phase)
+    three_phase = check_bool("three_phase", three_phase)
+    ends = _one_cycle_ends(total, float(pct_start), three_phase)
     starts = [0.0, *ends[:-1]]
     if any(e == s for s, e in zip(starts, ends)):
         # torch divides by the phase length and fails with ZeroDivisionError there.

@@ -171,7 +171,7 @@ class LinearWarmup(LRScheduler):
     def _after_check(self, name: str, saved):
         if (saved is None) != (self.after is None):
             raise ValueError(
-                "state_dict and this LinearWarmup disagree on after: "
+                f"{name}: state_dict and this LinearWarmup disagree on after: "
                 f"saved {'none' if saved is None else 'one'}, here "
                 f"{'none' if self.after is None else type(self.after).__name__}"
             )
@@ -180,6 +180,7 @@ class LinearWarmup(LRScheduler):
     def _check_state_together(self, checked: dict, where: str) -> None:
         if "after" not in checked:
             self._after_check(f"{where}['after']", None)
+        checked.setdefault("after", None)
 
     def _apply_state(self, checked: dict) -> None:
         plan = checked.pop("after", None)
