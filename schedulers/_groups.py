@@ -59,9 +59,14 @@ def check_target(where: str, value: Any) -> None:
                         f"{type(value).__name__}: {value!r}")
 
 
-def check_value(where: str, value: Any) -> float:
-    """A group's current ``lr`` (or ``initial_lr``) as a float: a writable target, finite and >= 0."""
-    check_target(where, value)
+def check_value(where: str, value: Any, *, written: bool = True) -> float:
+    """A group's ``lr`` (or, ``written=False``, a value only read: ``initial_lr``) as a float, finite and >= 0."""
+    if written:
+        check_target(where, value)
+    elif isinstance(value, bool) or not (isinstance(value, numbers.Real) or (
+            _is_mutable_array(value) and getattr(value, "ndim", None) == 0
+            and value.__array_namespace__().isdtype(value.dtype, ("integral", "real floating")))):
+        raise TypeError(f"{where} must be a real number or a 0-d real array, got {type(value).__name__}: {value!r}")
     v = host(value)
     if not (math.isfinite(v) and v >= 0.0):
         raise ValueError(f"{where} must be a finite learning rate >= 0, got {value!r}")

@@ -304,7 +304,7 @@ class LRScheduler:
         new = groups[n_known:]
         for i, group in enumerate(new, n_known):
             if "initial_lr" in group:
-                _groups.check_value(f"param_groups[{i}]['initial_lr']", group["initial_lr"])
+                _groups.check_value(f"param_groups[{i}]['initial_lr']", group["initial_lr"], written=False)
             _groups.check_value(f"param_groups[{i}]['lr']", group.get("lr"))
         self._check_new_groups(len(groups))
         for group in new:
@@ -398,7 +398,7 @@ def _prepare(optimizer, last_epoch) -> int:
     for i, group in enumerate(optimizer.param_groups):
         _groups.check_value(f"param_groups[{i}]['lr']", group.get("lr"))
         if "initial_lr" in group:
-            _groups.check_value(f"param_groups[{i}]['initial_lr']", group["initial_lr"])
+            _groups.check_value(f"param_groups[{i}]['initial_lr']", group["initial_lr"], written=False)
         elif last_epoch != -1:
             raise KeyError(
                 f"param 'initial_lr' is not specified in param_groups[{i}] when resuming "

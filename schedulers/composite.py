@@ -105,7 +105,7 @@ class SequentialLR(_Composite):
         for i, group in enumerate(optimizer.param_groups):
             if "initial_lr" not in group:
                 raise KeyError(f"param 'initial_lr' is not specified in param_groups[{i}]")
-            _groups.check_value(f"param_groups[{i}]['initial_lr']", group["initial_lr"])
+            _groups.check_value(f"param_groups[{i}]['initial_lr']", group["initial_lr"], written=False)
             _groups.check_target(f"param_groups[{i}]['lr']", group.get("lr"))
 
         self._schedulers = schedulers

@@ -493,7 +493,7 @@ class OneCycleLR(LRScheduler):
                 if k in ("max_momentum", "base_momentum"):
                     check_momentum(f"param_groups[{i}][{k!r}]", group[k], beta=checked.get("use_beta1", False))
                 else:
-                    _groups.check_value(f"param_groups[{i}][{k!r}]", group[k])
+                    _groups.check_value(f"param_groups[{i}][{k!r}]", group[k], written=False)
 
 
 def _phase_ends(name: str, v) -> list:
