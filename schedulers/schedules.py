@@ -108,9 +108,7 @@ def step_lr(init_value: float, step_size: int, gamma: float = 0.1) -> Schedule:
 def _check_milestones(milestones, name="milestones") -> list[int]:
     if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
         raise TypeError(f"{name} must be a sequence of ints, got {type(milestones).__name__}: {milestones!r}")
-    ms = list(milestones)
-    for i, m in enumerate(ms):
-        check_int(f"{name}[{i}]", m, minimum=0)
+    ms = [check_int(f"{name}[{i}]", m, minimum=0) for i, m in enumerate(milestones)]
     for i in range(1, len(ms)):
         if ms[i] <= ms[i - 1]:
             raise ValueError(f"{name} must be strictly increasing, got {name}={ms!r}")

@@ -583,12 +583,19 @@ def test_numpy_scalars_work_as_python_numbers(name, kwargs):
     ref = cls(opt2, **{k: _python(v) for k, v in kwargs.items()})
     for k, v in sched.__dict__.items():
         assert not isinstance(v, (np.ndarray, np.generic)), f"{k} stored as {type(v).__name__}"
+        for e in (v if isinstance(v, (list, tuple)) else list(v) if isinstance(v, Counter) else ()):
+            assert not isinstance(e, (np.ndarray, np.generic)), f"{k} holds a {type(e).__name__}"
     np.testing.assert_array_equal(trajectory(sched, opt, 30), trajectory(ref, opt2, 30))
-    for m in (np.float32(1.5), np.asarray(2.0), np.int64(3)):
-        if name == "ReduceLROnPlateau":
+    # NumPy values where step takes a number: the metric, or the epoch to jump to.
+    if name == "ReduceLROnPlateau":
+        for m in (np.float32(9.5), np.asarray(9.0), np.int64(9)):
             sched.step(m)
-        else:
-            sched.step(np.int64(40)) if name not in ("CyclicLR", "OneCycleLR") else sched.step()
+            ref.step(float(m))
+        assert lrs(opt) == lrs(opt2) and sched.num_bad_epochs == ref.num_bad_epochs
+    elif name not in ("CyclicLR", "OneCycleLR"):
+        sched.step(np.int64(33))
+        ref.step(33)
+        assert type(sched.last_epoch) is int and lrs(opt) == lrs(opt2)
 
 
 # ------------------------------------------------------ property tests
@@ -646,8 +653,6 @@ def test_random_valid_configs_match_torch_at_every_step(data, name, steps, kind)
         tsched = getattr(torch_sched, name)(topt, **copy.deepcopy(kwargs))
     if name == "OneCycleLR":
         steps = min(steps, kwargs["total_steps"] - 1)  # torch extrapolates one past the end (see OneCycleLR)
-    if name == "LambdaLR" or name == "MultiplicativeLR":
-        pass
     metrics = data.draw(st.lists(st.floats(-10, 10), min_size=steps, max_size=steps), label="metrics")
     got, want = [lrs(opt)], [lrs(topt)]
     with warnings.catch_warnings():
@@ -662,7 +667,8 @@ def test_random_valid_configs_match_torch_at_every_step(data, name, steps, kind)
             got.append(lrs(opt) + [float(g["betas"][0] if "betas" in g else g["momentum"]) for g in opt.param_groups])
             want.append(lrs(topt) + [float(g["betas"][0] if "betas" in g else g["momentum"])
                                      for g in topt.param_groups])
-    got, want = np.array(got[1:]) if steps else np.zeros(0), np.array(want[1:]) if steps else np.zeros(0)
+    got, want = np.array(got[1:]), np.array(want[1:])
+    assert got.shape == want.shape == (steps, 4)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)  # atol: torch's -3e-18 is our 0.0
 
 
