@@ -475,11 +475,12 @@ class OneCycleLR(LRScheduler):
         ends = checked["_phase_ends"]
         three = len(ends) == 3
         if checked.setdefault("three_phase", three) != three:
-            raise ValueError(f"{where}['three_phase']={checked['three_phase']!r} but the state has "
-                             f"{len(ends)} phases")
+            raise ValueError(f"{where}['three_phase']={checked['three_phase']!r} but {where}['_phase_ends'] "
+                             f"has {len(ends)} phases: {ends!r}")
         total = checked["total_steps"]
         if ends[-1] != total - 1:
-            raise ValueError(f"{where}: the last phase must end at total_steps - 1 = {total - 1}, got {ends!r}")
+            raise ValueError(f"{where}['_phase_ends']: the last phase must end at total_steps - 1 = {total - 1}, "
+                             f"got {ends!r}")
         if checked["last_epoch"] > total:
             raise ValueError(f"{where}['last_epoch']={checked['last_epoch']} is past total_steps={total}")
         _momentum_state(self, checked, where, ("_max_momentums", "_base_momentums"), ())
@@ -502,8 +503,9 @@ def _phase_ends(name: str, v) -> list:
         raise ValueError(f"{name} must hold 2 or 3 phase ends, got {len(items)}: {items!r}")
     ends = [_state.real()(f"{name}[{i}]", e) for i, e in enumerate(items)]
     starts = [0.0, *ends[:-1]]
-    if any(e == s for s, e in zip(starts, ends)) or any(b <= a for a, b in zip(ends, ends[1:])):
-        raise ValueError(f"{name} must give phases of non-zero length in increasing order, got {ends!r}")
+    # The constructor's own rule (pct_start=0 gives ends [-1, -2, T-1]: odd, but torch's and loadable).
+    if any(e == s for s, e in zip(starts, ends)):
+        raise ValueError(f"{name} must give phases of non-zero length (a division by zero otherwise), got {ends!r}")
     return ends
 
 

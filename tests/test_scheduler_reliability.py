@@ -39,7 +39,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 settings.register_profile(
-    "schedulers-soak", max_examples=2000, deadline=None, database=None,
+    "schedulers-soak", max_examples=10000, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 PROFILE = settings.get_profile("schedulers-soak" if os.environ.get("MS_OPTIM_SOAK") == "1" else "schedulers-small")
@@ -625,7 +625,7 @@ CONFIGS = {
         mode=st.sampled_from(["triangular", "triangular2", "exp_range"]), gamma=st.floats(0.9, 1.0),
         base_momentum=st.floats(0.5, 0.85), max_momentum=st.floats(0.85, 0.99))),
     "OneCycleLR": st.fixed_dictionaries(dict(
-        max_lr=_lr, total_steps=st.integers(10, 80), pct_start=st.floats(0.1, 0.9),
+        max_lr=_lr, total_steps=st.integers(10, 80), pct_start=st.floats(0.0, 0.9),
         anneal_strategy=st.sampled_from(["cos", "linear"]), three_phase=st.booleans(),
         div_factor=st.floats(1.0, 50.0), final_div_factor=st.floats(1.0, 1e4))),
     "LambdaLR": st.floats(0.8, 1.0).map(lambda a: dict(lr_lambda=Decay(a))),
