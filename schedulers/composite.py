@@ -5,9 +5,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import Any
 
-from . import _groups, schedules
+from . import _groups, _state, schedules
 from ._checks import check_last_epoch, check_optimizer
-from .base import LRScheduler
+from .base import LRScheduler, atomic
 
 __all__ = ["SequentialLR", "ChainedScheduler"]
 
@@ -43,12 +43,21 @@ class _Composite(LRScheduler):
         state["_schedulers"] = [s.state_dict() for s in self._schedulers]
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "_schedulers"})
-        for s, saved in zip(self._schedulers, state_dict["_schedulers"], strict=True):
-            s.load_state_dict(saved)
-
     _not_in_state = ("_schedulers",)
+
+    def _children_check(self, name: str, value) -> list:
+        """Every nested state checked by its own scheduler, before any is applied."""
+        items = _state.sequence(name, value)
+        if len(items) != len(self._schedulers):
+            raise ValueError(f"{name} must hold the states of this {type(self).__name__}'s "
+                             f"{len(self._schedulers)} schedulers, got {len(items)}")
+        return [s._checked_state(v, f"{name}[{i}]") for i, (s, v) in enumerate(zip(self._schedulers, items))]
+
+    def _apply_state(self, checked: dict) -> None:
+        children = checked.pop("_schedulers")
+        super()._apply_state(checked)
+        for s, plan in zip(self._schedulers, children):
+            s._apply_state(plan)
 
 
 class SequentialLR(_Composite):
@@ -82,6 +91,7 @@ class SequentialLR(_Composite):
     [0.5, 0.5, 1.0, 0.5, 0.25]
     """
 
+    @atomic
     def __init__(self, optimizer, schedulers: list[LRScheduler], milestones: list[int], last_epoch: int = -1) -> None:
         check_optimizer(optimizer)
         schedulers = _check_schedulers(type(self).__name__, schedulers, optimizer)
@@ -91,10 +101,12 @@ class SequentialLR(_Composite):
                 f"{type(self).__name__} expects len(milestones) == len(schedulers) - 1, got "
                 f"{len(schedulers)} schedulers and milestones={ms!r}"
             )
-        check_last_epoch(last_epoch)
+        last_epoch = check_last_epoch(last_epoch)
         for i, group in enumerate(optimizer.param_groups):
             if "initial_lr" not in group:
                 raise KeyError(f"param 'initial_lr' is not specified in param_groups[{i}]")
+            _groups.check_value(f"param_groups[{i}]['initial_lr']", group["initial_lr"], written=False)
+            _groups.check_target(f"param_groups[{i}]['lr']", group.get("lr"))
 
         self._schedulers = schedulers
         self._milestones = ms
@@ -119,19 +131,26 @@ class SequentialLR(_Composite):
     def _sync_param_groups(self) -> None:
         pass  # the scheduler in charge adopts new groups itself
 
+    @atomic
     def step(self) -> None:  # type: ignore[override]
         self.last_epoch += 1
         idx = bisect_right(self._milestones, self.last_epoch)
         scheduler = self._schedulers[idx]
-        try:
-            if idx > 0 and self._milestones[idx - 1] == self.last_epoch:
-                scheduler._update_lr(0)
-            else:
-                scheduler.step()
-        except BaseException:
-            self.last_epoch -= 1
-            raise
+        if idx > 0 and self._milestones[idx - 1] == self.last_epoch:
+            scheduler._update_lr(0)
+        else:
+            scheduler.step()
         self._last_lr = scheduler.get_last_lr()
+
+    def _state_spec(self) -> dict:
+        n = len(self.optimizer.param_groups)
+        k = len(self._schedulers) - 1
+        return {
+            "_milestones": (lambda name, v: _state.increasing_ints(name, v, k), True),
+            "last_epoch": (_state.integer(0), True),
+            "_last_lr": (_state.lr_list(n), True),
+            "_schedulers": (self._children_check, True),
+        }
 
 
 
@@ -173,8 +192,15 @@ class ChainedScheduler(_Composite):
     def _sync_param_groups(self) -> None:
         pass  # each scheduler adopts new groups itself
 
+    @atomic
     def step(self) -> None:  # type: ignore[override]
         for scheduler in self._schedulers:
             scheduler.step()
         self._last_lr = _groups.lrs(self.optimizer)
+
+    def _state_spec(self) -> dict:
+        return {
+            "_last_lr": (_state.lr_list(len(self.optimizer.param_groups)), True),
+            "_schedulers": (self._children_check, True),
+        }
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from . import _groups, schedules
-from ._checks import check_real
-from .base import LRScheduler, _prepare
+from . import _groups, _state, schedules
+from ._checks import check_real, native
+from .base import LRScheduler, _prepare, atomic
 
 __all__ = ["CosineAnnealingLR", "CosineAnnealingWarmRestarts"]
 
@@ -49,12 +49,17 @@ class CosineAnnealingLR(LRScheduler):
       <https://arxiv.org/abs/1608.03983>`_, 2017.
     """
 
+    @atomic
     def __init__(self, optimizer, T_max: float, eta_min: float = 0.0, last_epoch: int = -1) -> None:
-        _prepare(optimizer, last_epoch)
+        last_epoch = _prepare(optimizer, last_epoch)
         schedules._check_cosine(T_max, eta_min)
-        self.T_max = T_max
-        self.eta_min = eta_min
+        self.T_max = native(T_max)
+        self.eta_min = native(eta_min)
         super().__init__(optimizer, last_epoch)
+
+    def _state_spec(self) -> dict:
+        return {**super()._state_spec(), "T_max": (_state.real(low=0.0, low_open=True), True),
+                "eta_min": (_state.real(low=0.0), True)}
 
     def get_lr(self) -> list[float]:
         self._warn_outside_step()
@@ -118,15 +123,32 @@ class CosineAnnealingWarmRestarts(LRScheduler):
       <https://arxiv.org/abs/1608.03983>`_, 2017.
     """
 
+    @atomic
     def __init__(self, optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1) -> None:
-        _prepare(optimizer, last_epoch)
+        last_epoch = _prepare(optimizer, last_epoch)
         schedules._check_warm_restarts(T_0, T_mult, eta_min)
-        self.T_0 = T_0
-        self.T_i = T_0
-        self.T_mult = T_mult
-        self.eta_min = eta_min
+        self.T_0 = native(T_0)
+        self.T_i = self.T_0
+        self.T_mult = native(T_mult)
+        self.eta_min = native(eta_min)
         self.T_cur = last_epoch
         super().__init__(optimizer, last_epoch)
+
+    def _state_spec(self) -> dict:
+        return {**super()._state_spec(), "T_0": (_state.integer(1), True), "T_i": (_state.integer(1), True),
+                "T_mult": (_state.integer(1), True), "eta_min": (_state.real(low=0.0), True),
+                "T_cur": (_state.real(low=0.0), True)}
+
+    def _check_state_together(self, checked: dict, where: str) -> None:
+        T_0, T_i, T_mult, T_cur = (checked[k] for k in ("T_0", "T_i", "T_mult", "T_cur"))
+        if not T_cur < T_i:
+            raise ValueError(f"{where}['T_cur']={T_cur!r} must be < T_i={T_i!r} (the steps into the current period)")
+        period = T_0
+        while period < T_i and T_mult > 1:
+            period *= T_mult
+        if period != T_i:
+            raise ValueError(f"{where}['T_i']={T_i!r} is not a period of this schedule (T_0 * T_mult**k with "
+                             f"T_0={T_0}, T_mult={T_mult})")
 
     def get_lr(self) -> list[float]:
         self._warn_outside_step()
@@ -134,10 +156,12 @@ class CosineAnnealingWarmRestarts(LRScheduler):
             schedules._cosine(self.T_cur, init_value=b, T_max=self.T_i, eta_min=self.eta_min) for b in self.base_lrs
         ]
 
+    @atomic
     def step(self, epoch: float | None = None) -> None:
         """Advance one step, or jump to ``epoch`` (a float is fine: a fraction of a period)."""
         if epoch is not None:
             check_real("epoch", epoch, low=0.0)
+            epoch = native(epoch)
         self._sync_param_groups()
         if epoch is None and self.last_epoch < 0:
             epoch = 0
@@ -155,6 +179,4 @@ class CosineAnnealingWarmRestarts(LRScheduler):
             values = self.get_lr()
         finally:
             self._get_lr_called_within_step = False
-        for group, lr in zip(self.optimizer.param_groups, values, strict=True):
-            _groups.write(group, "lr", lr)
-        self._last_lr = _groups.lrs(self.optimizer)
+        self._write(values)

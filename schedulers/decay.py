@@ -11,8 +11,9 @@ import types
 from collections import Counter
 from typing import Any, Callable
 
-from . import _groups, schedules
-from .base import LRScheduler, _prepare
+from . import _groups, _state, schedules
+from ._checks import _is_real, native, unbox
+from .base import LRScheduler, _prepare, atomic
 
 __all__ = [
     "LambdaLR",
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 
+_GAMMA = _state.real(low=0.0, low_open=True)
+
+
 def _scaled(optimizer, ratio: float) -> list[float]:
     return [_groups.host(g["lr"]) * ratio for g in optimizer.param_groups]
 
@@ -37,11 +41,14 @@ class _LambdaScheduler(LRScheduler):
     """Shared by LambdaLR and MultiplicativeLR: one function per group."""
 
     _not_in_state = ("lr_lambdas",)
+    _lr_source = "lr_lambda"
 
+    @atomic
     def __init__(self, optimizer, lr_lambda, last_epoch: int = -1) -> None:
-        _prepare(optimizer, last_epoch)
+        last_epoch = _prepare(optimizer, last_epoch)
         n = len(optimizer.param_groups)
         if isinstance(lr_lambda, (list, tuple)):
+            # (torch reports this length mismatch the same way)
             if len(lr_lambda) != n:
                 raise ValueError(
                     f"lr_lambda must be one function or one per param group: expected {n} lr_lambdas, "
@@ -76,11 +83,32 @@ class _LambdaScheduler(LRScheduler):
         ]
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        for fn, saved in zip(self.lr_lambdas, state_dict.get("lr_lambdas", ())):
-            if saved is not None:
-                fn.__dict__.update(saved)
+    def _state_spec(self) -> dict:
+        n = len(self.optimizer.param_groups)
+        return {**super()._state_spec(), "lr_lambdas": (_state.per_group(n, _state.callable_state), False)}
+
+    def _check_state_together(self, checked: dict, where: str) -> None:
+        for i, (fn, saved) in enumerate(zip(self.lr_lambdas, checked.get("lr_lambdas", ()))):
+            if saved is not None and not hasattr(fn, "__dict__"):
+                raise TypeError(f"{where}['lr_lambdas'][{i}] holds attributes but lr_lambda[{i}] here "
+                                f"({fn!r}) has no __dict__ to take them")
+
+    def _apply_state(self, checked: dict) -> None:
+        saved = checked.pop("lr_lambdas", ())
+        super()._apply_state(checked)
+        for fn, attrs in zip(self.lr_lambdas, saved):
+            if attrs is not None:
+                fn.__dict__.update(attrs)
+
+    def _factor(self, i: int, fn) -> float:
+        """``fn(last_epoch)``, checked: a real number (TypeError naming lr_lambda otherwise)."""
+        value = unbox(fn(self.last_epoch))
+        if not _is_real(value):
+            raise TypeError(
+                f"lr_lambda for param_groups[{i}] returned {type(value).__name__} at step {self.last_epoch}: "
+                f"{value!r}; it must return a real number"
+            )
+        return float(value)
 
 
 class LambdaLR(_LambdaScheduler):
@@ -93,6 +121,13 @@ class LambdaLR(_LambdaScheduler):
       optimizer: an :class:`ms_optim.Optimizer`.
       lr_lambda: a function of the step, or a list of them, one per param group.
       last_epoch: the last step taken, -1 to start. Default -1.
+
+    .. warning::
+       torch writes whatever ``base * lr_lambda(t)`` gives. Here a lambda
+       that returns something other than a real number raises TypeError,
+       and one whose lr would be NaN, infinite or negative raises
+       ValueError, before anything is written (a lambda that raises during
+       construction leaves no ``initial_lr`` behind either).
 
     Example:
 
@@ -107,7 +142,8 @@ class LambdaLR(_LambdaScheduler):
 
     def get_lr(self) -> list[float]:
         self._warn_outside_step()
-        return [base * fn(self.last_epoch) for fn, base in zip(self.lr_lambdas, self.base_lrs, strict=True)]
+        return [base * self._factor(i, fn) for i, (fn, base) in enumerate(zip(self.lr_lambdas, self.base_lrs,
+                                                                                 strict=True))]
 
 
 class MultiplicativeLR(_LambdaScheduler):
@@ -120,6 +156,9 @@ class MultiplicativeLR(_LambdaScheduler):
       optimizer: an :class:`ms_optim.Optimizer`.
       lr_lambda: a function of the step, or a list of them, one per param group.
       last_epoch: the last step taken, -1 to start. Default -1.
+
+    As :class:`LambdaLR`, a lambda returning a non-number, or a factor that
+    makes the lr NaN, infinite or negative, raises before anything changes.
 
     >>> import numpy as np
     >>> from ms_optim import SGD
@@ -135,8 +174,8 @@ class MultiplicativeLR(_LambdaScheduler):
         if self._is_initial:
             return _groups.lrs(self.optimizer)
         return [
-            _groups.host(g["lr"]) * fn(self.last_epoch)
-            for fn, g in zip(self.lr_lambdas, self.optimizer.param_groups, strict=True)
+            _groups.host(g["lr"]) * self._factor(i, fn)
+            for i, (fn, g) in enumerate(zip(self.lr_lambdas, self.optimizer.param_groups, strict=True))
         ]
 
 
@@ -167,12 +206,16 @@ class StepLR(LRScheduler):
     [0.1, 0.05, 0.05, 0.025]
     """
 
+    @atomic
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
-        _prepare(optimizer, last_epoch)
+        last_epoch = _prepare(optimizer, last_epoch)
         schedules._check_step(step_size, gamma)
-        self.step_size = step_size
-        self.gamma = gamma
+        self.step_size = native(step_size)
+        self.gamma = native(gamma)
         super().__init__(optimizer, last_epoch)
+
+    def _state_spec(self) -> dict:
+        return {**super()._state_spec(), "step_size": (_state.integer(1), True), "gamma": (_GAMMA, True)}
 
     def get_lr(self) -> list[float]:
         self._warn_outside_step()
@@ -215,13 +258,18 @@ class MultiStepLR(LRScheduler):
     [0.5, 0.5, 0.25, 0.25]
     """
 
+    @atomic
     def __init__(self, optimizer, milestones, gamma: float = 0.1, last_epoch: int = -1) -> None:
-        _prepare(optimizer, last_epoch)
+        last_epoch = _prepare(optimizer, last_epoch)
         ms = schedules._check_milestones(milestones)
         schedules._check_gamma(gamma)
         self.milestones = Counter(ms)
-        self.gamma = gamma
+        self.gamma = native(gamma)
         super().__init__(optimizer, last_epoch)
+
+    def _state_spec(self) -> dict:
+        # torch's repeated milestones (a count of 2) load too.
+        return {**super()._state_spec(), "milestones": (_state.milestone_counter, True), "gamma": (_GAMMA, True)}
 
     def get_lr(self) -> list[float]:
         self._warn_outside_step()
@@ -265,12 +313,17 @@ class ConstantLR(LRScheduler):
     [0.3]
     """
 
+    @atomic
     def __init__(self, optimizer, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
-        _prepare(optimizer, last_epoch)
+        last_epoch = _prepare(optimizer, last_epoch)
         schedules._check_constant(factor, total_iters)
-        self.factor = factor
-        self.total_iters = total_iters
+        self.factor = native(factor)
+        self.total_iters = native(total_iters)
         super().__init__(optimizer, last_epoch)
+
+    def _state_spec(self) -> dict:
+        return {**super()._state_spec(), "factor": (_state.real(low=0.0, high=1.0, low_open=True), True),
+                "total_iters": (_state.integer(1), True)}
 
     def get_lr(self) -> list[float]:
         self._warn_outside_step()
@@ -311,6 +364,7 @@ class LinearLR(LRScheduler):
     [0.75]
     """
 
+    @atomic
     def __init__(
         self,
         optimizer,
@@ -319,12 +373,18 @@ class LinearLR(LRScheduler):
         total_iters: int = 5,
         last_epoch: int = -1,
     ) -> None:
-        _prepare(optimizer, last_epoch)
+        last_epoch = _prepare(optimizer, last_epoch)
         schedules._check_linear(start_factor, end_factor, total_iters)
-        self.start_factor = start_factor
-        self.end_factor = end_factor
-        self.total_iters = total_iters
+        self.start_factor = native(start_factor)
+        self.end_factor = native(end_factor)
+        self.total_iters = native(total_iters)
         super().__init__(optimizer, last_epoch)
+
+    def _state_spec(self) -> dict:
+        return {**super()._state_spec(),
+                "start_factor": (_state.real(low=0.0, high=1.0, low_open=True), True),
+                "end_factor": (_state.real(low=0.0, high=1.0), True),
+                "total_iters": (_state.integer(1), True)}
 
     def get_lr(self) -> list[float]:
         self._warn_outside_step()
@@ -375,11 +435,15 @@ class ExponentialLR(LRScheduler):
     [0.25]
     """
 
+    @atomic
     def __init__(self, optimizer, gamma: float, last_epoch: int = -1) -> None:
-        _prepare(optimizer, last_epoch)
+        last_epoch = _prepare(optimizer, last_epoch)
         schedules._check_gamma(gamma)
-        self.gamma = gamma
+        self.gamma = native(gamma)
         super().__init__(optimizer, last_epoch)
+
+    def _state_spec(self) -> dict:
+        return {**super()._state_spec(), "gamma": (_GAMMA, True)}
 
     def get_lr(self) -> list[float]:
         self._warn_outside_step()
@@ -412,12 +476,17 @@ class PolynomialLR(LRScheduler):
     [0.5625]
     """
 
+    @atomic
     def __init__(self, optimizer, total_iters: int = 5, power: float = 1.0, last_epoch: int = -1) -> None:
-        _prepare(optimizer, last_epoch)
+        last_epoch = _prepare(optimizer, last_epoch)
         schedules._check_polynomial(total_iters, power)
-        self.total_iters = total_iters
-        self.power = power
+        self.total_iters = native(total_iters)
+        self.power = native(power)
         super().__init__(optimizer, last_epoch)
+
+    def _state_spec(self) -> dict:
+        return {**super()._state_spec(), "total_iters": (_state.integer(1), True),
+                "power": (_state.real(low=0.0), True)}
 
     def get_lr(self) -> list[float]:
         self._warn_outside_step()

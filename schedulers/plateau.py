@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any, SupportsFloat
 
-from . import _groups
-from ._checks import check_choice, check_int, check_optimizer, check_real, per_group
-from .base import LRScheduler
+from . import _groups, _state
+from ._checks import check_choice, check_int, check_metric, check_optimizer, check_real, is_sequence, native, per_group
+from .base import LRScheduler, atomic
 
 __all__ = ["ReduceLROnPlateau"]
 
@@ -42,9 +42,19 @@ class ReduceLROnPlateau(LRScheduler):
       min_lr: floor, >= 0, a float or one per group. Default 0.
       eps: smallest change applied, >= 0. Default 1e-8.
 
-    ``step(metrics)`` takes the metric (a float or a 0-d array). A group
-    added later takes a scalar ``min_lr``; a per-group list cannot cover it
-    (ValueError at the next step, changing nothing).
+    ``step(metrics)`` takes the metric: a real number or a 0-d real array
+    (a NumPy scalar, a CuPy or torch 0-d value). A string, a bool or an
+    array of several values raises TypeError, changing nothing. A NaN (or
+    infinite) metric is taken, as torch takes it: NaN compares as no
+    improvement, so a run whose loss has become NaN counts bad steps and has
+    its learning rate reduced, rather than stopping at the scheduler; check
+    the loss yourself to stop such a run. A group added later takes a
+    scalar ``min_lr``; a per-group list cannot cover it (ValueError at the
+    next step, changing nothing).
+
+    .. warning::
+       torch takes ``step("0.5")`` (it calls ``float`` on the metric) and
+       ``step(True)``; here both raise TypeError.
 
     >>> import numpy as np
     >>> from ms_optim import SGD
@@ -57,6 +67,7 @@ class ReduceLROnPlateau(LRScheduler):
     [0.5]
     """
 
+    @atomic
     def __init__(
         self,
         optimizer,
@@ -78,17 +89,19 @@ class ReduceLROnPlateau(LRScheduler):
         check_int("cooldown", cooldown, minimum=0)
         min_lrs = per_group("min_lr", min_lr, len(optimizer.param_groups), _min_lr)
         check_real("eps", eps, low=0.0)
+        for i, group in enumerate(optimizer.param_groups):
+            _groups.check_value(f"param_groups[{i}]['lr']", group.get("lr"))
 
-        self.factor = factor
+        self.factor = native(factor)
         self.optimizer = optimizer
-        self.default_min_lr = None if isinstance(min_lr, (list, tuple)) else min_lr
+        self.default_min_lr = None if is_sequence(min_lr) else native(min_lr)
         self.min_lrs = min_lrs
-        self.patience = patience
-        self.cooldown = cooldown
-        self.eps = eps
+        self.patience = native(patience)
+        self.cooldown = native(cooldown)
+        self.eps = native(eps)
         self.last_epoch = 0
         self._last_lr = _groups.lrs(optimizer)
-        self._init_is_better(mode=mode, threshold=threshold, threshold_mode=threshold_mode)
+        self._init_is_better(mode=native(mode), threshold=native(threshold), threshold_mode=native(threshold_mode))
         self._reset()
 
     def _reset(self) -> None:
@@ -107,11 +120,12 @@ class ReduceLROnPlateau(LRScheduler):
             )
         self.min_lrs = [self.default_min_lr] * n
 
+    @atomic
     def step(self, metrics: SupportsFloat, epoch: int | None = None) -> None:  # type: ignore[override]
         """Record ``metrics`` and reduce the learning rates if it has stopped improving."""
-        current = float(metrics)
+        current = check_metric(metrics)
         if epoch is not None:
-            check_int("epoch", epoch, minimum=0)
+            epoch = check_int("epoch", epoch, minimum=0)
         self._sync_param_groups()
         self.last_epoch = self.last_epoch + 1 if epoch is None else epoch
         if self._is_better(current, self.best):
@@ -129,11 +143,15 @@ class ReduceLROnPlateau(LRScheduler):
         self._last_lr = _groups.lrs(self.optimizer)
 
     def _reduce_lr(self) -> None:
-        for i, group in enumerate(self.optimizer.param_groups):
-            old_lr = _groups.host(group["lr"])
+        groups = self.optimizer.param_groups
+        writes = []
+        for i, group in enumerate(groups):
+            old_lr = _groups.check_value(f"param_groups[{i}]['lr']", group.get("lr"))
             new_lr = max(old_lr * self.factor, self.min_lrs[i])
             if old_lr - new_lr > self.eps:
-                _groups.write(group, "lr", new_lr)
+                writes.append((group, new_lr))
+        for group, new_lr in writes:
+            _groups.write(group, "lr", new_lr)
 
     @property
     def in_cooldown(self) -> bool:
@@ -158,6 +176,36 @@ class ReduceLROnPlateau(LRScheduler):
         """The current learning rates (this scheduler has no formula of the step)."""
         return _groups.lrs(self.optimizer)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        self._init_is_better(mode=self.mode, threshold=self.threshold, threshold_mode=self.threshold_mode)
+    def _state_spec(self) -> dict:
+        n = len(self.optimizer.param_groups)
+        floor = _state.real(low=0.0)
+        return {
+            "factor": (_state.real(low=0.0, high=1.0, high_open=True), True),
+            "default_min_lr": (_state.optional(floor), True),
+            "min_lrs": (_state.per_group(n, floor), True),
+            "patience": (_state.integer(0), True),
+            "cooldown": (_state.integer(0), True),
+            "eps": (floor, True),
+            "last_epoch": (_state.integer(0), True),
+            "_last_lr": (_state.lr_list(n), True),
+            "mode_worse": (_state.extended_real, True),
+            "mode": (_state.choice("min", "max"), True),
+            "threshold": (floor, True),
+            "threshold_mode": (_state.choice("rel", "abs"), True),
+            "best": (_state.extended_real, True),
+            "cooldown_counter": (_state.integer(0), True),
+            "num_bad_epochs": (_state.integer(0), True),
+            "_step_count": (_state.integer(0), False),
+        }
+
+    def _check_state_together(self, checked: dict, where: str) -> None:
+        worse = math.inf if checked["mode"] == "min" else -math.inf
+        if checked["mode_worse"] != worse:
+            raise ValueError(f"{where}['mode_worse']={checked['mode_worse']!r} must be {worse} for "
+                             f"mode={checked['mode']!r}")
+        if checked["cooldown_counter"] > checked["cooldown"]:
+            raise ValueError(f"{where}['cooldown_counter']={checked['cooldown_counter']} exceeds "
+                             f"cooldown={checked['cooldown']}")
+        if checked["num_bad_epochs"] > checked["patience"]:
+            raise ValueError(f"{where}['num_bad_epochs']={checked['num_bad_epochs']} exceeds "
+                             f"patience={checked['patience']} (it is reset when it does)")

@@ -38,7 +38,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 
-from ._checks import check_choice, check_int, check_real
+from ._checks import check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "Schedule",
@@ -108,9 +108,7 @@ def step_lr(init_value: float, step_size: int, gamma: float = 0.1) -> Schedule:
 def _check_milestones(milestones, name="milestones") -> list[int]:
     if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
         raise TypeError(f"{name} must be a sequence of ints, got {type(milestones).__name__}: {milestones!r}")
-    ms = list(milestones)
-    for i, m in enumerate(ms):
-        check_int(f"{name}[{i}]", m, minimum=0)
+    ms = [check_int(f"{name}[{i}]", m, minimum=0) for i, m in enumerate(milestones)]
     for i in range(1, len(ms)):
         if ms[i] <= ms[i - 1]:
             raise ValueError(f"{name} must be strictly increasing, got {name}={ms!r}")
@@ -534,7 +532,11 @@ def _anneal_cos(start, end, pct):
 
 
 def _anneal_linear(start, end, pct):
-    return (end - start) * pct + start
+    # torch lets 1cycle take one step past its last (step == total_steps), where
+    # pct > 1: extrapolated, the line runs past min_lr, to a negative lr when the
+    # last phase is steep. The schedule holds its end value there instead.
+    # (The cosine turns back by itself and is left as torch computes it.)
+    return (end - start) * min(pct, 1.0) + start
 
 
 _ANNEAL = {"cos": _anneal_cos, "linear": _anneal_linear}
@@ -563,9 +565,8 @@ def _check_one_cycle(total_steps, epochs, steps_per_epoch, pct_start, anneal_str
     check_choice("anneal_strategy", anneal_strategy, tuple(_ANNEAL))
     check_real("div_factor", div_factor, low=0.0, low_open=True)
     check_real("final_div_factor", final_div_factor, low=0.0, low_open=True)
-    if not isinstance(three_phase, bool):
-        raise TypeError(f"three_phase must be a bool, got {type(three_phase).__name__}: {three_phase!r}")
-    ends = _one_cycle_ends(total, pct_start, three_phase)
+    three_phase = check_bool("three_phase", three_phase)
+    ends = _one_cycle_ends(total, float(pct_start), three_phase)
     starts = [0.0, *ends[:-1]]
     if any(e == s for s, e in zip(starts, ends)):
         # torch divides by the phase length and fails with ZeroDivisionError there.

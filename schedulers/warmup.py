@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _groups, schedules
-from ._checks import check_int, check_optimizer
-from .base import LRScheduler
+from . import _groups, _state, schedules
+from ._checks import check_int, check_metric, check_optimizer, native
+from .base import LRScheduler, atomic
 
 __all__ = ["LinearWarmup"]
 
@@ -73,6 +73,7 @@ class LinearWarmup(LRScheduler):
 
     _not_in_state = ("after",)
 
+    @atomic
     def __init__(self, optimizer, warmup_steps: int, start_factor: float = 0.0, after: LRScheduler | None = None):
         check_optimizer(optimizer)
         schedules._check_warmup(warmup_steps, start_factor)
@@ -84,8 +85,8 @@ class LinearWarmup(LRScheduler):
                     f"after must schedule the same optimizer as the warmup; after={type(after).__name__} "
                     "was built on a different one"
                 )
-        self.warmup_steps = warmup_steps
-        self.start_factor = start_factor
+        self.warmup_steps = native(warmup_steps)
+        self.start_factor = native(start_factor)
         self.after = after
         super().__init__(optimizer, -1)
 
@@ -105,6 +106,7 @@ class LinearWarmup(LRScheduler):
 
         return isinstance(self.after, ReduceLROnPlateau)
 
+    @atomic
     def step(self, metrics=None) -> None:  # type: ignore[override]
         """Advance one step; ``metrics`` is for an ``after`` that is a ReduceLROnPlateau."""
         t = self.last_epoch + 1
@@ -115,6 +117,8 @@ class LinearWarmup(LRScheduler):
             )
         if self._is_plateau() and t > self.warmup_steps and metrics is None:
             raise TypeError("step() missing metrics: after is a ReduceLROnPlateau and the warmup is over")
+        if metrics is not None:
+            check_metric(metrics)  # during the warmup too: a string is a bug whenever it comes
         self._step_count += 1
         self._advance(t, metrics)
 
@@ -145,25 +149,41 @@ class LinearWarmup(LRScheduler):
                 self.after.step(metrics)
             else:
                 self.after.step()
-        if values is not None:
-            for group, lr in zip(groups, values, strict=True):
-                _groups.write(group, "lr", lr)
         self.last_epoch = t
-        self._last_lr = _groups.lrs(self.optimizer)
+        if values is not None:
+            self._write(values)
+        else:
+            self._last_lr = _groups.lrs(self.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["after"] = None if self.after is None else self.after.state_dict()
         return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved_after = state_dict.get("after")
-        if (saved_after is None) != (self.after is None):
+    def _state_spec(self) -> dict:
+        return {
+            **super()._state_spec(),
+            "warmup_steps": (_state.integer(0), True),
+            "start_factor": (_state.real(low=0.0, high=1.0), True),
+            "after": (self._after_check, False),
+        }
+
+    def _after_check(self, name: str, saved):
+        if (saved is None) != (self.after is None):
             raise ValueError(
-                "state_dict and this LinearWarmup disagree on after: "
-                f"saved {'none' if saved_after is None else 'one'}, here "
+                f"{name}: state_dict and this LinearWarmup disagree on after: "
+                f"saved {'none' if saved is None else 'one'}, here "
                 f"{'none' if self.after is None else type(self.after).__name__}"
             )
-        super().load_state_dict(state_dict)
-        if self.after is not None:
-            self.after.load_state_dict(saved_after)
+        return None if saved is None else self.after._checked_state(saved, name)
+
+    def _check_state_together(self, checked: dict, where: str) -> None:
+        if "after" not in checked:
+            self._after_check(f"{where}['after']", None)
+        checked.setdefault("after", None)
+
+    def _apply_state(self, checked: dict) -> None:
+        plan = checked.pop("after", None)
+        super()._apply_state(checked)
+        if plan is not None:
+            self.after._apply_state(plan)

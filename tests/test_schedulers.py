@@ -169,7 +169,7 @@ def m_cyclic(up=2000, down=None, mode="triangular", gamma=1.0, scale_fn=None, sc
 def _anneal(kind, a, b, pct):
     if kind == "cos":
         return b + (a - b) * (1 + math.cos(math.pi * pct)) / 2
-    return a + (b - a) * pct
+    return a + (b - a) * min(pct, 1.0)  # ms_optim holds the end value one step past the end (torch: < 0)
 
 
 def _phases(t, total, pct_start, three_phase, points, kind):
@@ -276,6 +276,9 @@ class Case:
     torch: bool = True
     initial_lr: Callable[[int], float] | None = None  # base a warmup ramps to, if not the group's lr
     closed_form: bool = False  # step(epoch) uses a closed form (not get_lr)
+    # 1cycle's linear anneal one step past the end: torch extrapolates (to a
+    # negative lr here), ms_optim holds the end value (OneCycleLR's warning).
+    torch_differs_at_end: bool = False
 
 
 CASES = [
@@ -337,7 +340,8 @@ CASES = [
     Case("one_cycle_linear_three_phase",
          lambda o, L: L.OneCycleLR(o, max_lr=0.2, total_steps=STEPS, anneal_strategy="linear", three_phase=True),
          r_one_cycle(0.2, STEPS, kind="linear", three_phase=True),
-         momentum=m_one_cycle(STEPS, kind="linear", three_phase=True), initial_lr=lambda i: 0.2 / 25),
+         momentum=m_one_cycle(STEPS, kind="linear", three_phase=True), initial_lr=lambda i: 0.2 / 25,
+         torch_differs_at_end=True),
     Case("one_cycle_epochs_adam",
          lambda o, L: L.OneCycleLR(o, max_lr=0.01, epochs=10, steps_per_epoch=30, pct_start=0.25,
                                    div_factor=10.0, final_div_factor=100.0, base_momentum=0.8,
@@ -512,8 +516,13 @@ def test_matches_torch(case):
             want.append(lrs_of(topt))
             want_m.append(momenta_of(topt))
     got, got_m, _ = run(case, make_opt(case.kind))
-    assert_close(got, np.array(want), rtol=1e-12, what=case.id)
-    assert_close(got_m, np.array(want_m), rtol=1e-12, what=f"{case.id} momentum")
+    want, want_m = np.array(want), np.array(want_m)
+    if case.torch_differs_at_end:
+        assert (want[-1] < 0).any(), "torch no longer extrapolates to a negative lr: drop the departure"
+        assert (got[-1] >= 0).all()
+        got, got_m, want, want_m = got[:-1], got_m[:-1], want[:-1], want_m[:-1]
+    assert_close(got, want, rtol=1e-12, what=case.id)
+    assert_close(got_m, want_m, rtol=1e-12, what=f"{case.id} momentum")
 
 
 # ------------------------------------------------------------ LinearWarmup
