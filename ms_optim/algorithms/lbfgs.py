@@ -219,8 +219,11 @@ class LBFGS(Optimizer):
         offset = 0
         for p in self._params:
             n = _numel(p)
-            new = p + step_size * xp.reshape(update[offset:offset + n], p.shape)
-            p[...] = new if new.dtype == p.dtype else xp.astype(new, p.dtype)
+            step = step_size * xp.reshape(update[offset:offset + n], p.shape)
+            if step.dtype == p.dtype:
+                p += step
+            else:  # params of mixed dtypes: the flat vectors have the widest
+                p[...] = xp.astype(p + step, p.dtype)
             offset += n
 
     def _clone_params(self) -> list:
@@ -329,14 +332,17 @@ class LBFGS(Optimizer):
                         al = [None] * history_size
                     elif len(al) < num_old:  # history_size was raised between steps
                         al.extend([None] * (num_old - len(al)))
+                    # q and r are fresh arrays, so they are updated in place, as
+                    # torch's add_ does (y - fl(a x) is torch's y + fl((-a) x))
                     q = -flat_grad
                     for i in range(num_old - 1, -1, -1):
                         al[i] = self._dot(old_stps[i], q) * ro[i]
-                        q = q + (-al[i]) * old_dirs[i]
-                    r = q * H_diag
+                        q -= al[i] * old_dirs[i]
+                    q *= H_diag
+                    r = q
                     for i in range(num_old):
                         be_i = self._dot(old_dirs[i], r) * ro[i]
-                        r = r + (al[i] - be_i) * old_stps[i]
+                        r += (al[i] - be_i) * old_stps[i]
                     d = r
 
                 # flat_grad is a fresh array, never written in place: no copy needed
@@ -394,7 +400,9 @@ class LBFGS(Optimizer):
                     break
                 if opt_cond:
                     break
-                if self._abs_max(d * t) <= tolerance_change:
+                # max|d t| without the vector d * t: rounding is monotone, so
+                # fl(|t| max|d|) is exactly the largest fl(|d_i t|)
+                if abs(t) * self._abs_max(d) <= tolerance_change:
                     break
                 if abs(loss - prev_loss) < tolerance_change:
                     break
