@@ -637,11 +637,15 @@ def _checked_optimizer_state(sd: dict, optimizer, path: str) -> dict:
         if not isinstance(st, dict) or not all(isinstance(k, str) for k in st):
             raise TypeError(f"{swhere} must be a dict with string keys")
         for key, value in st.items():
-            if isinstance(value, np.ndarray):
-                if not (_is_real_array(value) or (key == "step" and value.ndim == 0 and value.dtype.kind in "iuf")):
-                    raise TypeError(f"{swhere}[{key!r}] has dtype {value.dtype}; state arrays must be real floating")
-            elif _kind(value) != "number":
-                raise TypeError(f"{swhere}[{key!r}] must be an array or a number, got {type(value).__name__}: {value!r}")
+            # LBFGS keeps lists of history vectors and numbers (its 'al' has None slots, as torch's)
+            entries = value if isinstance(value, list) else [value]
+            for k, entry in enumerate(entries):
+                ewhere = f"{swhere}[{key!r}]" + (f"[{k}]" if isinstance(value, list) else "")
+                if isinstance(entry, np.ndarray):
+                    if not (_is_real_array(entry) or (key == "step" and entry.ndim == 0 and entry.dtype.kind in "iuf")):
+                        raise TypeError(f"{ewhere} has dtype {entry.dtype}; state arrays must be real floating")
+                elif _kind(entry) != "number" and not (entry is None and isinstance(value, list)):
+                    raise TypeError(f"{ewhere} must be an array or a number, got {type(entry).__name__}: {entry!r}")
     return {"state": state, "param_groups": new_groups}
 
 

@@ -514,3 +514,22 @@ def test_cupy_matches_torch(form):
                 ours.append(csp.coo_matrix((cp.asarray(values), (cp.asarray(rows), cp.asarray(cols))), shape=p.shape))
         opt(ours)
     assert_matches_torch(opt, params, topt, tparams)
+
+
+def test_a_scheduler_may_anneal_the_lr_to_zero():
+    """torch checks lr > 0 when SparseAdam is built only; cosine annealing to 0 then steps on."""
+    import schedulers
+
+    p = np.ones((4, 2))
+    opt = SparseAdam([p], lr=0.1)
+    sched = schedulers.CosineAnnealingLR(opt, T_max=2)
+    for _ in range(2):
+        opt.step([(np.array([1]), np.ones((1, 2)))])
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0
+    before = p.copy()
+    opt.step([(np.array([1]), np.ones((1, 2)))])  # an lr of 0 moves nothing, and counts the step
+    np.testing.assert_array_equal(p, before)
+    assert opt.state[p]["step"] == 3
+    with pytest.raises(ValueError, match=r"Invalid learning rate: 0\.0"):
+        SparseAdam([np.ones((2, 2))], lr=0.0)

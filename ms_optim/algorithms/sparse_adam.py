@@ -138,15 +138,18 @@ class SparseAdam(Optimizer):
     rule = staticmethod(sparse_adam_rule)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, maximize=False, *, backend=None):
+        # torch wants a strictly positive lr when it is built (SparseAdam's own check,
+        # unlike Adam's); a scheduler may still anneal it to 0 later, as with torch
+        if not 0.0 < check_real("lr", lr):
+            raise ValueError(f"Invalid learning rate: {check_real('lr', lr)}")
         defaults = dict(lr=lr, betas=betas, eps=eps, maximize=maximize)
         super().__init__(params, defaults, backend=backend)
 
     # -------------------------------------------------------------- the hooks
 
     def _validate(self, group):
-        # torch wants lr and eps strictly positive (SparseAdam's own checks, unlike Adam's)
         lr = check_real("lr", group["lr"])
-        if not 0.0 < lr < math.inf:
+        if not 0.0 <= lr < math.inf:
             raise ValueError(f"Invalid learning rate: {lr}")
         eps = check_real("eps", group["eps"])
         if not 0.0 < eps < math.inf:
