@@ -8,13 +8,14 @@ from ..optimizer import Optimizer
 __all__ = ["LAMB", "lamb_direction_rule", "trust_ratio_apply_rule"]
 
 
-def lamb_direction_rule(p, g, exp_avg, exp_avg_sq, u, *, beta1, one_minus_beta1, beta2, one_minus_beta2,
-                        eps, weight_decay, bc1, bc2, maximize, has_weight_decay, xp):
+def lamb_direction_rule(g, exp_avg, exp_avg_sq, u, p=None, *, beta1, one_minus_beta1, beta2,
+                        one_minus_beta2, eps, weight_decay, bc1, bc2, maximize, has_weight_decay, xp):
     """Pass 1: the moments and the update direction ``u``, in optax's order of operations.
 
     ``scale_by_adam`` divides each moment by its bias correction ``bc = 1 -
     beta**t`` and adds eps outside the square root (``eps_root`` = 0);
-    ``add_decayed_weights`` then adds ``weight_decay * p``.
+    ``add_decayed_weights`` then adds ``weight_decay * p``. ``p`` is passed
+    (and read) only with weight decay: without it the pass never loads it.
     """
     if maximize:
         g = -g
@@ -92,11 +93,12 @@ class LAMB(Optimizer):
     ``count``, ``mu``, ``nu``).
 
     Cost per step, for a parameter of :math:`N` elements: one fused pass for
-    the direction (read :math:`\theta, g, m, v`; write :math:`m, v, u`), the
-    two norms as tensor-level reductions (read :math:`\theta, u`) and one
-    fused pass for the update (read :math:`\theta, u`; write
-    :math:`\theta`): twelve element passes and one temporary :math:`u` per
-    parameter, against Adam's five. The trust ratio stays on the device as a
+    the direction (read :math:`g, m, v`, and :math:`\theta` with weight
+    decay; write :math:`m, v, u`), the two norms as tensor-level reductions
+    (read :math:`\theta, u`) and one fused pass for the update (read
+    :math:`\theta, u`; write :math:`\theta`): eleven element passes (twelve
+    with weight decay) and one temporary :math:`u` per parameter, against
+    Adam's five. The trust ratio stays on the device as a
     0-d array per tensor, read by the second pass: no host sync.
 
     Example:
@@ -159,7 +161,9 @@ class LAMB(Optimizer):
 
     def update(self, t):
         u = t.empty_like()
-        t.elementwise(lamb_direction_rule, [t.p, t.g, t.state["exp_avg"], t.state["exp_avg_sq"], u],
-                      writes=(2, 3, 4))
+        arrays = [t.g, t.state["exp_avg"], t.state["exp_avg_sq"], u]
+        if t.static["has_weight_decay"]:
+            arrays.append(t.p)
+        t.elementwise(lamb_direction_rule, arrays, writes=(1, 2, 3))
         ratios = _trust_ratios(t.p, u, t.xp)
         t.elementwise(trust_ratio_apply_rule, [t.p, u], writes=(0,), operands=[ratios])
