@@ -242,3 +242,34 @@ def nadam(p, g, state, hp):
     m_hat = mu(t + 1) * m / (1 - prod_next) + (1 - mu(t)) * g / (1 - prod_t)
     v_hat = v / (1 - b2**t)
     return p - lr * m_hat / (np.sqrt(v_hat) + eps)
+
+
+def lion(p, g, state, hp):
+    """Chen et al. 2023, Algorithm 2 (Lion with decoupled weight decay, scaled by lr)."""
+    lr, (b1, b2), wd = hp["lr"], hp["betas"], hp["weight_decay"]
+    if not state:
+        state["exp_avg"] = np.zeros_like(p)
+    if hp.get("maximize", False):
+        g = -g
+    m = state["exp_avg"]
+    update = np.sign(b1 * m + (1 - b1) * g) + wd * p
+    state["exp_avg"] = b2 * m + (1 - b2) * g
+    return p - lr * update
+
+
+def lamb(p, g, state, hp):
+    """You et al. 2019, Algorithm 2 with phi the identity; a zero norm gives a ratio of 1 (optax's rule)."""
+    lr, (b1, b2), eps, wd = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
+    if not state:
+        state.update(step=0, exp_avg=np.zeros_like(p), exp_avg_sq=np.zeros_like(p))
+    state["step"] += 1
+    t = state["step"]
+    if hp.get("maximize", False):
+        g = -g
+    m = b1 * state["exp_avg"] + (1 - b1) * g
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g**2
+    state["exp_avg"], state["exp_avg_sq"] = m, v
+    r = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + wd * p
+    p_norm, r_norm = np.sqrt(np.sum(p * p)), np.sqrt(np.sum(r * r))
+    ratio = p_norm / r_norm if p_norm > 0 and r_norm > 0 else 1.0
+    return p - lr * ratio * r
