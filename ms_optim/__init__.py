@@ -10,10 +10,10 @@ Importing ms_optim never imports CuPy or numba; a compiled backend is loaded
 the first time an optimizer meets arrays it can serve.
 """
 
-from .algorithms import ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, LBFGS, Muon, NAdam, RAdam, RMSprop, Rprop, SparseAdam
+from .algorithms import ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, AdamW, Adamax, LAMB, LBFGS, Lion, Muon, NAdam, RAdam, RMSprop, Rprop, SparseAdam
 from .checkpoint import load, save
 from .optimizer import Optimizer, required
 
 __version__ = "0.1.0"
 
-__all__ = ["ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon", "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam", "load", "required", "save"]
+__all__ = ["ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LAMB", "LBFGS", "Lion", "Muon", "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam", "load", "required", "save"]

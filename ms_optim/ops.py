@@ -17,7 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .algorithms import ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Muon, NAdam, RAdam, RMSprop, Rprop
+from .algorithms import (
+    ASGD, LAMB, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Lion, Muon, NAdam, RAdam, RMSprop, Rprop,
+)
 from .algorithms.sparse_adam import sparse_adam_update
 from .checks import check_real
 from .engine import backend_for
@@ -34,6 +36,8 @@ __all__ = [
     "amsgrad_v2_rule",
     "apply_adam_with_amsgrad_v2",
     "asgd_update",
+    "lamb_update",
+    "lion_update",
     "functional",
     "nadam_update",
     "radam_update",
@@ -369,6 +373,8 @@ adagrad_update = functional(Adagrad, "sum")
 adadelta_update = functional(Adadelta, "square_avg", "acc_delta")
 adafactor_update = functional(Adafactor, "row_var", "col_var", "variance")
 muon_update = functional(Muon, "momentum_buffer")
+lion_update = functional(Lion, "exp_avg")
+lamb_update = functional(LAMB, "exp_avg", "exp_avg_sq")
 rmsprop_update = functional(RMSprop, "square_avg", "momentum_buffer", "grad_avg")
 rprop_update = functional(Rprop, "prev", "step_size")
 asgd_update = functional(ASGD, "ax")

@@ -7,7 +7,9 @@ from .adam import Adam
 from .adamax import Adamax
 from .adamw import AdamW
 from .asgd import ASGD
+from .lamb import LAMB
 from .lbfgs import LBFGS
+from .lion import Lion
 from .muon import Muon
 from .nadam import NAdam
 from .radam import RAdam
@@ -16,4 +18,4 @@ from .rprop import Rprop
 from .sgd import SGD
 from .sparse_adam import SparseAdam
 
-__all__ = ["ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam"]
+__all__ = ["ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LAMB", "LBFGS", "Lion", "Muon", "NAdam", "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam"]

@@ -30,6 +30,8 @@ DEMO_SETTINGS: dict[str, dict] = {
     "adagrad": {"lr": 0.05},
     "adadelta": {"lr": 1.0},
     "rmsprop": {"lr": 1e-3},
+    "lamb": {"lr": 3e-3},
+    "lion": {"lr": 1e-3},
     # Rprop is a full-batch method: on minibatches its steps grow on noise up to the default
     # cap of 50 and the weights blow up; a cap of 0.01 keeps it a fair entry in --compare.
     "rprop": {"lr": 1e-2, "step_sizes": (1e-6, 0.01)},
