@@ -79,6 +79,12 @@ ADAM_ERRORS = [
 ]
 
 
+#: COMMON_ERRORS in the words torch's newer optimizers (Adafactor, Muon) use for a bad lr
+TORCH_LR_WORDS_ERRORS = [
+    (kw, exc, match.replace(r"Invalid learning rate: ", r"Learning rate should be >= 0 but is: "))
+    for kw, exc, match in COMMON_ERRORS
+]
+
 #: ADAM_ERRORS for the Adam family members without amsgrad (Adamax, RAdam, NAdam)
 NO_AMSGRAD_ERRORS = [e for e in ADAM_ERRORS if "amsgrad" not in e[0]]
 
@@ -326,6 +332,108 @@ TABLE: list[OptimInfo] = [
         state_keys=lambda kw: {"step", "mu_product", "exp_avg", "exp_avg_sq"},
     ),
 ]
+
+TABLE += [
+    OptimInfo(
+        cls=ms_optim.Adafactor,
+        reference=reference.adafactor,
+        configs=[
+            dict(lr=0.01),
+            dict(lr=0.05, beta2_decay=-0.5, d=1.5),
+            dict(lr=0.02, eps=(1e-20, 1e-2), weight_decay=0.1),
+            dict(lr=0.01, weight_decay=0.05, maximize=True),
+        ],
+        group_overrides=dict(lr=0.003, weight_decay=0.2, d=2.0),
+        errors=TORCH_LR_WORDS_ERRORS + [
+            (dict(beta2_decay=0.5), ValueError, r"beta2_decay should be <= 0 but is: 0\.5"),
+            (dict(eps=(-1e-3, 1e-3)), ValueError, r"epsilon1 should be >= 0 but is: -0\.001"),
+            (dict(eps=(None, -1.0)), ValueError, r"epsilon2 should be >= 0 but is: -1\.0"),
+            (dict(eps=1e-3), TypeError, r"eps must be a pair \(eps1 or None, eps2\), got float"),
+            (dict(d=0.5), ValueError, r"Clipping threshold d should be >= 1 but is: 0\.5"),
+            (dict(weight_decay=-0.1), ValueError, r"weight_decay should be >= 0 but is: -0\.1"),
+            (dict(maximize="no"), TypeError, r"maximize must be a bool, got str"),
+        ],
+        torch_name="Adafactor",
+        param_state_keys=lambda kw, shape: {"step", "row_var", "col_var"} if len(shape) > 1 else {"step", "variance"},
+    ),
+    OptimInfo(
+        cls=ms_optim.Muon,
+        reference=reference.muon,
+        configs=[
+            dict(lr=0.02),
+            dict(lr=0.02, nesterov=False, momentum=0.3, weight_decay=0.0),
+            dict(lr=0.01, adjust_lr_fn="match_rms_adamw", ns_steps=3),
+            dict(lr=0.02, momentum=0.5, ns_coefficients=(2.0, -1.5, 0.5), eps=1e-5),
+        ],
+        group_overrides=dict(lr=0.005, weight_decay=0.2),
+        errors=TORCH_LR_WORDS_ERRORS + [
+            (dict(momentum=-0.5), ValueError, r"momentum should be >= 0 but is: -0\.5"),
+            (dict(weight_decay=-0.1), ValueError, r"weight decay should be >= 0 but is: -0\.1"),
+            (dict(adjust_lr_fn="fast"), ValueError, r"Adjust learning rate function fast is not supported"),
+            (dict(ns_steps=100), ValueError, r"Number of steps must be less than 100"),
+            (dict(ns_steps=2.5), TypeError, r"ns_steps must be an int, got float"),
+            (dict(ns_coefficients=(1.0, 2.0)), ValueError, r"Coefficients must be a tuple of exactly 3 values"),
+            (dict(nesterov="yes"), TypeError, r"nesterov must be a bool, got str"),
+        ],
+        torch_name="Muon",
+        state_keys=lambda kw: {"momentum_buffer"},
+        shapes=[(3, 4), (5, 2), (4, 4), (2, 3)],
+    ),
+]
+
+# Beyond torch.optim: the updates of optax.lion and optax.lamb
+LION_ERRORS = COMMON_ERRORS + [
+    (dict(betas=(1.0, 0.99)), ValueError, r"Invalid beta parameter at index 0: 1\.0"),
+    (dict(betas=(-0.1, 0.99)), ValueError, r"Invalid beta parameter at index 0: -0\.1"),
+    (dict(betas=(0.9, 1.0)), ValueError, r"Invalid beta parameter at index 1: 1\.0"),
+    (dict(betas=(0.9, float("nan"))), ValueError, r"Invalid beta parameter at index 1: nan"),
+    (dict(betas=0.9), TypeError, r"betas must be a pair of floats, got float"),
+    (dict(betas=("a", 0.9)), TypeError, r"betas\[0\] must be a real number, got str"),
+    (dict(weight_decay=-0.1), ValueError, r"Invalid weight_decay value: -0\.1"),
+    (dict(weight_decay=float("inf")), ValueError, r"Invalid weight_decay value: inf"),
+    (dict(weight_decay="0.1"), TypeError, r"weight_decay must be a real number, got str"),
+    (dict(maximize=1), TypeError, r"maximize must be a bool, got int"),
+]
+
+LAMB_ERRORS = LION_ERRORS + [
+    (dict(eps=-1e-6), ValueError, r"Invalid epsilon value: -1e-06"),
+    (dict(eps=float("nan")), ValueError, r"Invalid epsilon value: nan"),
+    (dict(eps=None), TypeError, r"eps must be a real number, got NoneType"),
+]
+
+LION_ROW = OptimInfo(
+    cls=ms_optim.Lion,
+    reference=reference.lion,
+    configs=[
+        dict(lr=0.01),
+        dict(lr=0.01, betas=(0.8, 0.95)),
+        dict(lr=0.01, betas=(0.0, 0.5)),  # beta1 = 0: the sign of the gradient itself
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.003, weight_decay=0.5, maximize=True),
+        dict(lr=0.01, betas=(0.95, 0.98), maximize=True),
+    ],
+    group_overrides=dict(lr=0.003, weight_decay=0.2, betas=(0.95, 0.98)),
+    errors=LION_ERRORS,
+    state_keys=lambda kw: {"exp_avg"},
+)
+
+LAMB_ROW = OptimInfo(
+    cls=ms_optim.LAMB,
+    reference=reference.lamb,
+    configs=[
+        dict(lr=0.01),
+        dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3),
+        dict(lr=0.01, eps=0.5),  # eps outside the square root of the bias-corrected v decides this one
+        dict(lr=0.01, weight_decay=0.1),
+        dict(lr=0.01, weight_decay=0.05, maximize=True),
+        dict(lr=0.02, betas=(0.5, 0.9), maximize=True),
+    ],
+    group_overrides=dict(lr=0.003, weight_decay=0.2, betas=(0.9, 0.99)),
+    errors=LAMB_ERRORS,
+    state_keys=lambda kw: {"step", "exp_avg", "exp_avg_sq"},
+)
+
+TABLE += [LION_ROW, LAMB_ROW]
 
 #: (info, config) for every row and configuration, with readable ids
 CASES = [(info, cfg) for info in TABLE for cfg in info.configs]

@@ -273,3 +273,57 @@ def lamb(p, g, state, hp):
     p_norm, r_norm = np.sqrt(np.sum(p * p)), np.sqrt(np.sum(r * r))
     ratio = p_norm / r_norm if p_norm > 0 and r_norm > 0 else 1.0
     return p - lr * ratio * r
+
+
+def adafactor(p, g, state, hp):
+    """torch.optim.Adafactor's documented algorithm (factored for 2+ dimensions)."""
+    lr, c, (eps1, eps2), d, wd = hp["lr"], hp["beta2_decay"], hp["eps"], hp["d"], hp["weight_decay"]
+    if eps1 is None:
+        eps1 = np.finfo(np.float64).eps
+    if hp.get("maximize", False):
+        g = -g
+    factored = p.ndim > 1
+    if not state:
+        state["step"] = 0
+        if factored:
+            state["row_var"] = np.zeros(p.shape[:-1] + (1,))
+            state["col_var"] = np.zeros(p.shape[:-2] + (1,) + p.shape[-1:])
+        else:
+            state["variance"] = np.zeros_like(p)
+    state["step"] += 1
+    t = state["step"]
+    beta2_hat = t**c
+    rho = min(lr, 1 / np.sqrt(t))
+    rms = lambda x: np.sqrt(np.mean(x**2)) if x.size else 0.0  # noqa: E731
+    alpha = max(eps2, rms(p)) * rho
+    p = p * (1 - lr * wd)
+    if factored:
+        row = state["row_var"] + beta2_hat * (np.mean(g**2, axis=-1, keepdims=True) - state["row_var"])
+        col = state["col_var"] + beta2_hat * (np.mean(g**2, axis=-2, keepdims=True) - state["col_var"])
+        state["row_var"], state["col_var"] = row, col
+        v_hat = row * col / np.maximum(np.mean(row, axis=-2, keepdims=True), eps1)
+    else:
+        state["variance"] = state["variance"] + beta2_hat * (g**2 - state["variance"])
+        v_hat = state["variance"]
+    u = g / np.sqrt(np.maximum(v_hat, eps1**2))
+    return p - alpha / max(1.0, rms(u) / d) * u
+
+
+def muon(p, g, state, hp):
+    """torch.optim.Muon's documented algorithm, the Newton–Schulz iteration in float64."""
+    lr, wd, mu = hp["lr"], hp["weight_decay"], hp["momentum"]
+    a, b, c = hp["ns_coefficients"]
+    buf = state.get("momentum_buffer", np.zeros_like(p))
+    buf = mu * buf + (1 - mu) * g
+    state["momentum_buffer"] = buf
+    x = (1 - mu) * g + mu * buf if hp["nesterov"] else buf
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / max(np.linalg.norm(x), hp["eps"])
+    for _ in range(hp["ns_steps"]):
+        A = x @ x.T
+        x = a * x + (b * A + c * A @ A) @ x
+    o = x.T if tall else x
+    rows, cols = p.shape
+    scale = 0.2 * np.sqrt(max(rows, cols)) if hp["adjust_lr_fn"] == "match_rms_adamw" else np.sqrt(max(1, rows / cols))
+    return p * (1 - lr * wd) - lr * scale * o

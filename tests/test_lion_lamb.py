@@ -22,7 +22,7 @@ from ms_optim.algorithms.lion import Lion
 from ms_optim.ops import functional
 from tests import reference
 from tests.conftest import NAMESPACES, to_numpy, to_xp
-from tests.optim_table import COMMON_ERRORS, OptimInfo
+from tests.optim_table import TABLE
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 OPTAX_REASON = "the optax parity tests need jax and optax: pip install 'jax[cpu]' optax"
@@ -36,57 +36,8 @@ ZERO_GRAD = 4  # always a zero gradient: where group 0 has no decay, u = 0 and L
 
 # --------------------------------------------------------------- the two rows
 
-LION_ERRORS = COMMON_ERRORS + [
-    (dict(betas=(1.0, 0.99)), ValueError, r"Invalid beta parameter at index 0: 1\.0"),
-    (dict(betas=(-0.1, 0.99)), ValueError, r"Invalid beta parameter at index 0: -0\.1"),
-    (dict(betas=(0.9, 1.0)), ValueError, r"Invalid beta parameter at index 1: 1\.0"),
-    (dict(betas=(0.9, float("nan"))), ValueError, r"Invalid beta parameter at index 1: nan"),
-    (dict(betas=0.9), TypeError, r"betas must be a pair of floats, got float"),
-    (dict(betas=("a", 0.9)), TypeError, r"betas\[0\] must be a real number, got str"),
-    (dict(weight_decay=-0.1), ValueError, r"Invalid weight_decay value: -0\.1"),
-    (dict(weight_decay=float("inf")), ValueError, r"Invalid weight_decay value: inf"),
-    (dict(weight_decay="0.1"), TypeError, r"weight_decay must be a real number, got str"),
-    (dict(maximize=1), TypeError, r"maximize must be a bool, got int"),
-]
-
-LAMB_ERRORS = LION_ERRORS + [
-    (dict(eps=-1e-6), ValueError, r"Invalid epsilon value: -1e-06"),
-    (dict(eps=float("nan")), ValueError, r"Invalid epsilon value: nan"),
-    (dict(eps=None), TypeError, r"eps must be a real number, got NoneType"),
-]
-
-LION = OptimInfo(
-    cls=Lion,
-    reference=reference.lion,
-    configs=[
-        dict(lr=0.01),
-        dict(lr=0.01, betas=(0.8, 0.95)),
-        dict(lr=0.01, betas=(0.0, 0.5)),  # beta1 = 0: the sign of the gradient itself
-        dict(lr=0.01, weight_decay=0.1),
-        dict(lr=0.003, weight_decay=0.5, maximize=True),
-        dict(lr=0.01, betas=(0.95, 0.98), maximize=True),
-    ],
-    group_overrides=dict(lr=0.003, weight_decay=0.2, betas=(0.95, 0.98)),
-    errors=LION_ERRORS,
-    state_keys=lambda kw: {"exp_avg"},
-)
-
-LAMB_ROW = OptimInfo(
-    cls=LAMB,
-    reference=reference.lamb,
-    configs=[
-        dict(lr=0.01),
-        dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3),
-        dict(lr=0.01, eps=0.5),  # eps outside the square root of the bias-corrected v decides this one
-        dict(lr=0.01, weight_decay=0.1),
-        dict(lr=0.01, weight_decay=0.05, maximize=True),
-        dict(lr=0.02, betas=(0.5, 0.9), maximize=True),
-    ],
-    group_overrides=dict(lr=0.003, weight_decay=0.2, betas=(0.9, 0.99)),
-    errors=LAMB_ERRORS,
-    state_keys=lambda kw: {"step", "exp_avg", "exp_avg_sq"},
-)
-
+LION = next(info for info in TABLE if info.cls is Lion)
+LAMB_ROW = next(info for info in TABLE if info.cls is LAMB)
 INFOS = [LION, LAMB_ROW]
 CASES = [(info, k) for info in INFOS for k in range(len(info.configs))]
 CASE_IDS = [f"{info.name}-{'-'.join(f'{a}={b}' for a, b in info.configs[k].items())}" for info, k in CASES]
