@@ -136,8 +136,9 @@ def update_scale_(scale, growth_tracker, found_inf, growth_factor: float, backof
     dev = device(scale)
     s64 = xp.astype(scale, xp.float64)
     found = found_inf != 0
-    backed = xp.astype(s64 * float(backoff_factor), xp.float32)
-    grown = xp.astype(s64 * float(growth_factor), xp.float32)
+    with np.errstate(over="ignore"):  # a grown scale past float32 is expected, and discarded below
+        backed = xp.astype(s64 * float(backoff_factor), xp.float32)
+        grown = xp.astype(s64 * float(growth_factor), xp.float32)
     successful = growth_tracker + 1
     if growth_interval <= _INT32_MAX:
         grows = successful == int(growth_interval)

@@ -312,10 +312,13 @@ def _clip_with_norm(grads: list, max_norm: float, total_norm) -> None:
     if not grads:
         return
     coef = _clip_coefficient(max_norm, total_norm)
-    for xp, dev, members in _groups(grads).values():
-        c = _move(coef, xp, dev, _compute_dtype(xp, members[0].dtype))
-        for g in members:
-            _multiply_(g, c, xp)
+    # A non-finite norm gives inf * 0 = NaN entries, silently, as in torch
+    # (array-api-strict computes with NumPy underneath, so this covers it too).
+    with np.errstate(invalid="ignore", over="ignore"):
+        for xp, dev, members in _groups(grads).values():
+            c = _move(coef, xp, dev, _compute_dtype(xp, members[0].dtype))
+            for g in members:
+                _multiply_(g, c, xp)
 
 
 def clip_grad_norm_(grads, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
