@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .checks import check_bool, check_real
-from .clipping import _check_grad, _compute_dtype, _move
+from .clipping import _check_grad, _compute_dtype, _groups, _move
 from .engine.namespace import array_namespace, device, is_array, is_numpy, is_real_number
 
 __all__ = ["GradScaler", "OptState", "non_finite_check_and_unscale_", "update_scale_"]
@@ -359,15 +359,12 @@ class GradScaler:
         return grads
 
     def _unscale_grads_(self, grads: list, inv_scale, found_inf, allow_fp16: bool) -> dict:
-        per_dtype: dict = {}
-        for i, g in enumerate(grads):
-            if g is None:
-                continue
-            if not allow_fp16 and str(g.dtype) == "float16":
-                raise ValueError(f"Attempting to unscale FP16 gradients. (grads[{i}] is float16)")
-            xp = array_namespace(g)
-            dev = device(g)
-            per_dtype.setdefault((id(xp), str(dev), str(g.dtype)), (xp, dev, []))[2].append(g)
+        present = [g for g in grads if g is not None]
+        if not allow_fp16:
+            for i, g in enumerate(grads):
+                if g is not None and (g.dtype == np.float16 if type(g) is np.ndarray else str(g.dtype) == "float16"):
+                    raise ValueError(f"Attempting to unscale FP16 gradients. (grads[{i}] is float16)")
+        per_dtype = _groups(present)
         inv_rep = _Replicator(inv_scale)
         found_rep = _Replicator(found_inf)
         found_per_device: dict = {}

@@ -65,6 +65,8 @@ def _grad_list(grads, name: str = "grads") -> list:
 
 
 def _check_grad(where: str, g) -> None:
+    if type(g) is np.ndarray and g.dtype.kind == "f" and g.flags.writeable:
+        return  # the common case, without the generic checks' per-array cost
     if not is_array(g) or not hasattr(g, "shape"):
         raise TypeError(f"{where} must be an array or None, got {type(g).__name__}")
     xp = array_namespace(g)
@@ -138,9 +140,12 @@ def _groups(grads: list) -> dict:
     """Gradients by (namespace, device, dtype), in first-seen order (torch's grouping)."""
     out: dict = {}
     for g in grads:
-        xp = array_namespace(g)
-        dev = device(g)
-        out.setdefault((id(xp), str(dev), str(g.dtype)), (xp, dev, []))[2].append(g)
+        # an array's type fixes its namespace; NumPy has one device
+        key = (np.ndarray, None, g.dtype) if type(g) is np.ndarray else (type(g), str(device(g)), g.dtype)
+        entry = out.get(key)
+        if entry is None:
+            entry = out[key] = (array_namespace(g), device(g), [])
+        entry[2].append(g)
     return out
 
 
@@ -244,8 +249,10 @@ def _total_norm(grads: list, p: float, error_if_nonfinite: bool):
     dev0 = device(grads[0])
     norms = []
     for xp, dev, members in _groups(grads).values():
+        here = xp is xp0 and str(dev) == str(dev0)
         for g in members:
-            norms.append(_move(_vector_norm(g, p, xp), xp0, dev0))
+            n = _vector_norm(g, p, xp)
+            norms.append(n if here else _move(n, xp0, dev0))
     total = _vector_norm(xp0.stack(norms), p, xp0)
     if error_if_nonfinite and not bool(xp0.all(xp0.isfinite(total))):
         raise RuntimeError(
