@@ -231,8 +231,8 @@ def test_every_optimizer_has_a_functional_form():
 )
 def test_functional_form_steps_exactly_as_the_class(info, config, xp):
     rng = np.random.default_rng(5)
-    start = rng.standard_normal(6)
-    grads = [rng.standard_normal(6) for _ in range(5)]
+    start = rng.standard_normal((2, 3))  # a matrix: Muon takes nothing else, Adafactor factors it
+    grads = [rng.standard_normal((2, 3)) for _ in range(5)]
     w = to_xp(xp, start.copy())  # to_xp may return its argument itself
     opt = info.cls([w], **config)
     for g in grads:
@@ -241,7 +241,7 @@ def test_functional_form_steps_exactly_as_the_class(info, config, xp):
     fn = FUNCTIONAL[info.name.lower()]
     p = to_xp(xp, start.copy())
     assert p is not w
-    keys = opt._state_keys(opt.param_groups[0])
+    keys = opt._param_state_keys(opt.param_groups[0], w)
     arrays: dict = {}
     host: dict = {}
     for t, g in enumerate(grads, start=1):

@@ -41,7 +41,9 @@ def run_torch(info, config, dtype, steps=STEPS):
         params = [torch.tensor(p, dtype=dtype) for p in initial_params(shapes=shapes_of(info))]
         cls = getattr(torch.optim, info.torch_name)
         groups = [{"params": params[:3]}, {"params": params[3:], **info.group_overrides}]
-        opt = cls(groups, **config, foreach=False)
+        # the single-tensor path, where torch has others (Muon has no foreach argument)
+        flags = {"foreach": False} if "foreach" in inspect.signature(cls).parameters else {}
+        opt = cls(groups, **config, **flags)
         for grads in grad_plan(steps=steps, shapes=shapes_of(info)):
             for p, g in zip(params, grads):
                 p.grad = None if g is None else torch.tensor(g, dtype=dtype)
@@ -123,11 +125,12 @@ def test_value_errors_match_torch(info):
         if exc is not ValueError or "backend" in kwargs:
             continue
         args = {"lr": 0.01, **kwargs}
+        shape = shapes_of(info)[0]
         try:
-            getattr(torch.optim, info.torch_name)([torch.zeros(1)], **args)
+            getattr(torch.optim, info.torch_name)([torch.zeros(shape)], **args)
         except ValueError as err:
             with pytest.raises(ValueError) as ours:
-                info.cls([np.zeros(1)], **args)
+                info.cls([np.zeros(shape)], **args)
             assert str(ours.value) == str(err)
 
 
