@@ -5,24 +5,14 @@ from __future__ import annotations
 import math
 import numbers
 
+from ..averaging import lerp_rule
 from ..checks import check_betas, check_bool, check_lr, check_non_negative, check_real
 from ..engine import backend_for
 from ..engine.layout import Layout
 from ..engine.namespace import array_namespace
 from ..optimizer import Optimizer
 
-__all__ = ["ScheduleFreeAdamW", "schedule_free_adamw_rule", "schedule_free_adamw_update", "lerp_rule"]
-
-
-def lerp_rule(start, end, *, weight, lerp_from_end, xp):
-    """``start + weight * (end - start)`` in place, as torch's ``lerp_`` rounds it.
-
-    torch switches formula at ``weight >= 0.5`` (starting from ``end`` there),
-    so the branch is static configuration chosen on the host.
-    """
-    if lerp_from_end:
-        return end - (end - start) * (1 - weight)
-    return start + weight * (end - start)
+__all__ = ["ScheduleFreeAdamW", "schedule_free_adamw_rule", "schedule_free_adamw_update"]
 
 
 def schedule_free_adamw_rule(y, g, z, exp_avg_sq, *, beta2, bias_correction2, eps, weight_decay, ckp1,
