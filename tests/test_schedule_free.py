@@ -138,13 +138,10 @@ def test_float64_matches_schedulefree_in_train_and_eval_mode(name, xp, backend):
 def test_a_step_in_eval_mode_raises_and_changes_nothing():
     opt, params = make_ours(CONFIGS["defaults"], np)
     grads = [np.ones(s) for s in SHAPES]
-    with pytest.raises(RuntimeError, match=r"not in train mode.*train\(\)"):
-        opt(grads)  # a fresh optimizer is in eval mode, as schedulefree's
-    opt.train()
-    opt(grads)
+    opt(grads)  # a new optimizer starts in train mode (schedulefree's would refuse)
     opt.eval()
     before = [p.copy() for p in params], copy.deepcopy(opt.state_dict())
-    with pytest.raises(RuntimeError, match="not in train mode"):
+    with pytest.raises(RuntimeError, match=r"not in train mode.*train\(\)"):
         opt(grads)
     for p, b in zip(params, before[0]):
         np.testing.assert_array_equal(p, b)
@@ -280,8 +277,9 @@ def test_defaults_match_schedulefree():
     ours = ScheduleFreeAdamW([np.zeros(2)]).param_groups[0]
     theirs = schedulefree.AdamWScheduleFree([torch.zeros(2)]).param_groups[0]
     for key, value in ours.items():
-        if key != "params":
+        if key not in ("params", "train_mode"):  # ours starts in train mode (see the class's warning)
             assert theirs[key] == value, key
+    assert ours["train_mode"] is True and theirs["train_mode"] is False
     assert set(theirs) - set(ours) == {"foreach"}
 
 
@@ -318,3 +316,37 @@ def test_functional_form_matches_the_class():
         schedule_free_adamw_update(y, plan[0], z)
     with pytest.raises(ValueError, match="Invalid k value: -1"):
         schedule_free_adamw_update(y, plan[0], k=-1)
+
+
+def test_a_new_optimizer_needs_no_train_call():
+    """A new optimizer is in train mode; schedulefree's needs train() first, then they agree."""
+    opt, params = make_ours(CONFIGS["warmup"], np)
+    topt, tparams = make_theirs(CONFIGS["warmup"])
+    topt.train()
+    for grads in grad_plan()[:4]:
+        opt(grads)
+        step_theirs(topt, tparams, grads)
+    assert_close(params, tparams, "without train()")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_low_precision_keeps_dtype_and_tracks_float64(dtype, backend):
+    if backend == "cpu":
+        pytest.importorskip("numba")
+    config = CONFIGS["everything"]
+    opt64, p64 = make_ours(config, np)
+    params = [p.astype(dtype) for p in p64]
+    opt = ScheduleFreeAdamW([{"params": params[:3]}, {"params": params[3:], **GROUP1}], **config, backend=backend)
+    for k, grads in enumerate(grad_plan()):
+        opt64(grads)
+        opt([None if g is None else g.astype(dtype) for g in grads])
+        if k == 6:
+            opt.eval(), opt64.eval()
+            opt.train(), opt64.train()
+    opt.eval(), opt64.eval()
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    for p, r in zip(params, p64):
+        assert p.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(p.astype(np.float64), r, rtol=tol, atol=tol)
+    assert all(opt.state[p]["z"].dtype == np.dtype(dtype) for p in params)

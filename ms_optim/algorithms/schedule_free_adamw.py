@@ -94,9 +94,9 @@ class ScheduleFreeAdamW(Optimizer):
         so far to this power, so warmup steps count less (default: 2.0).
       backend: keyword-only; ``None`` picks the fastest for the arrays.
 
-    Call :meth:`train` before training and :meth:`eval` before evaluating or
-    saving a checkpoint, exactly as with schedulefree: a step in eval mode
-    raises. Per group, as schedulefree keeps them: ``k`` (steps taken),
+    Call :meth:`eval` before evaluating or saving a checkpoint and
+    :meth:`train` before training on, exactly as with schedulefree: a step in
+    eval mode raises. A new optimizer starts in train mode (see the warning). Per group, as schedulefree keeps them: ``k`` (steps taken),
     ``train_mode``, ``weight_sum``, ``lr_max`` and ``scheduled_lr`` (the
     lr of the last step, for logging); they advance at every step, for every
     group, whether or not its parameters got a gradient. Per parameter:
@@ -108,7 +108,7 @@ class ScheduleFreeAdamW(Optimizer):
       >>> from ms_optim.algorithms.schedule_free_adamw import ScheduleFreeAdamW
       >>> w = np.array([1.0, -2.0])
       >>> opt = ScheduleFreeAdamW([w], lr=0.1)
-      >>> opt.train()
+      >>> opt.train()       # a no-op on a new optimizer; needed after eval()
       >>> for _ in range(3):
       ...     opt([2 * w])
       >>> opt.eval()        # w now holds the average x, the point to evaluate
@@ -116,8 +116,13 @@ class ScheduleFreeAdamW(Optimizer):
       array([ 0.806, -1.803])
 
     .. warning::
-       Departures from schedulefree, each refusing what would go wrong there:
-       ``betas[0] = 0`` is refused (eval would divide by zero);
+       Departures from schedulefree: a new optimizer starts in train mode
+       (schedulefree's starts in eval mode and refuses a step before
+       ``train()``; before the first step there is no :math:`z` and
+       :math:`x = y`, so the two are the same point and only the refusal
+       differs; ``train()`` first is a no-op here). Each of the others refuses
+       what would go wrong there: ``betas[0] = 0`` is refused (eval would
+       divide by zero);
        a step raises RuntimeError if *any* group is in eval mode (schedulefree
        checks the first group only); and a group added by
        :meth:`add_param_group` without its own ``train_mode`` joins in the
@@ -135,7 +140,7 @@ class ScheduleFreeAdamW(Optimizer):
 
     def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, warmup_steps=0,
                  r=0.0, weight_lr_power=2.0, *, backend=None):
-        defaults = dict(lr=lr, betas=betas, eps=eps, r=r, k=0, warmup_steps=warmup_steps, train_mode=False,
+        defaults = dict(lr=lr, betas=betas, eps=eps, r=r, k=0, warmup_steps=warmup_steps, train_mode=True,
                         weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0, weight_lr_power=weight_lr_power,
                         weight_decay=weight_decay)
         super().__init__(params, defaults, backend=backend)
