@@ -184,13 +184,14 @@ EXTRA = [
     KernelCase("lerp", lerp_rule, (("lerp_from_end", False),), (("weight", -1 / 9),), 0),
     KernelCase("lerp_from_end", lerp_rule, (("lerp_from_end", True),), (("weight", 0.7),), 0),
     KernelCase("swa_mean", swa_rule, (), (("count", 3.0),), 0),
-    # ScheduleFreeAdamW's step (until its row joins tests/optim_table.py): the first step (c = 1) and a later one
+    # ScheduleFreeAdamW's step, until its row in tests/optim_table.py reaches it (the same
+    # kernel twice would be defined twice): the first step (c = 1) and a later one
     *(KernelCase(f"schedule_free_adamw-{'first' if first else 'later'}", schedule_free_adamw_rule,
                  (("has_weight_decay", True), ("lerp_from_end", first)),
                  (("beta2", 0.999), ("bias_correction2", 0.001 if first else 0.004), ("ckp1", 1.0 if first else 0.25),
                   ("eps", 1e-8), ("lr", 0.0025), ("weight_decay", 0.01),
                   ("y_step", -0.0025 if first else 0.0025 * (0.9 * 0.75 - 1))), 2)
-      for first in (True, False)),
+      for first in (True, False) if schedule_free_adamw_rule not in {k.rule for k in KERNELS}),
 ]
 ALL = KERNELS + EXTRA
 ALL_IDS = [k.id for k in ALL]
