@@ -31,6 +31,7 @@ from .decay import (
     StepLR,
 )
 from .plateau import ReduceLROnPlateau
+from .swa import SWALR
 from .warmup import LinearWarmup
 
 __all__ = [
@@ -51,5 +52,6 @@ __all__ = [
     "ChainedScheduler",
     "ReduceLROnPlateau",
     "LinearWarmup",
+    "SWALR",
     "schedules",
 ]

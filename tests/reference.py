@@ -327,3 +327,32 @@ def muon(p, g, state, hp):
     rows, cols = p.shape
     scale = 0.2 * np.sqrt(max(rows, cols)) if hp["adjust_lr_fn"] == "match_rms_adamw" else np.sqrt(max(1, rows / cols))
     return p * (1 - lr * wd) - lr * scale * o
+
+
+def schedule_free_adamw(p, g, state, hp):
+    """Schedule-free AdamW in the paper's x/y/z form (Defazio et al. 2024, Algorithm 1 with Adam's denominator).
+
+    ``p`` is y. x is not stored (the optimizer's state is z and v, as
+    schedulefree's); it is recovered as ``x = (y - (1 - beta1) z) / beta1``.
+    The group's step count before this step is ``hp['_step_index']`` (it
+    advances whether or not this parameter had a gradient), so the lr, the
+    running max lr and the averaging weights are recomputed over the group's
+    whole history.
+    """
+    k = int(hp.get("_step_index", hp["k"]))
+    lr0, (b1, b2), eps, wd = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
+    warmup, r, power = hp["warmup_steps"], hp["r"], hp["weight_lr_power"]
+    lrs = [lr0 * min(1.0, (j + 1) / warmup) if warmup else lr0 for j in range(k + 1)]
+    lr_max = np.maximum.accumulate(np.array(lrs))
+    weights = [(j + 1) ** r * m**power for j, m in enumerate(lr_max)]
+    c = weights[-1] / sum(weights) if sum(weights) else 0.0
+    if not state:
+        state.update(z=p.copy(), exp_avg_sq=np.zeros_like(p))
+    y, z = p, state["z"]
+    x = (y - (1 - b1) * z) / b1
+    v = b2 * state["exp_avg_sq"] + (1 - b2) * g**2
+    u = g / (np.sqrt(v / (1 - b2 ** (k + 1))) + eps) + wd * y
+    z = z - lrs[-1] * u
+    x = (1 - c) * x + c * z
+    state["z"], state["exp_avg_sq"] = z, v
+    return (1 - b1) * z + b1 * x

@@ -44,6 +44,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
+from ms_optim.algorithms.schedule_free_adamw import schedule_free_adamw_rule
+from ms_optim.averaging import lerp_rule, swa_rule
 from ms_optim.engine import BACKENDS, register_backend
 from ms_optim.engine.cuda_codegen import (
     COMPUTE_TYPES,
@@ -177,6 +179,19 @@ EXTRA = [
     KernelCase("exact_ops", exact_ops_rule, (), (("a", 0.3), ("b", 0.25)), 1),
     KernelCase("transcendental", transcendental_rule, (), (("a", 0.3), ("b", 0.25)), 2),
     KernelCase("max_min", max_min_rule, (), (), 1),
+    # kernels outside an optimizer's step: schedule-free's train/eval swap and
+    # AveragedParams' EMA (lerp, both of torch's formulas) and SWA mean
+    KernelCase("lerp", lerp_rule, (("lerp_from_end", False),), (("weight", -1 / 9),), 0),
+    KernelCase("lerp_from_end", lerp_rule, (("lerp_from_end", True),), (("weight", 0.7),), 0),
+    KernelCase("swa_mean", swa_rule, (), (("count", 3.0),), 0),
+    # ScheduleFreeAdamW's step, until its row in tests/optim_table.py reaches it (the same
+    # kernel twice would be defined twice): the first step (c = 1) and a later one
+    *(KernelCase(f"schedule_free_adamw-{'first' if first else 'later'}", schedule_free_adamw_rule,
+                 (("has_weight_decay", True), ("lerp_from_end", first)),
+                 (("beta2", 0.999), ("bias_correction2", 0.001 if first else 0.004), ("ckp1", 1.0 if first else 0.25),
+                  ("eps", 1e-8), ("lr", 0.0025), ("weight_decay", 0.01),
+                  ("y_step", -0.0025 if first else 0.0025 * (0.9 * 0.75 - 1))), 2)
+      for first in (True, False) if schedule_free_adamw_rule not in {k.rule for k in KERNELS}),
 ]
 ALL = KERNELS + EXTRA
 ALL_IDS = [k.id for k in ALL]

@@ -71,10 +71,12 @@ def run_reference(info, config, steps=STEPS):
     hps = [hp0, hp0, hp0, {**hp0, **info.group_overrides}]
     params = initial_params(shapes=shapes_of(info))
     states = [{} for _ in params]
-    for grads in grad_plan(steps=steps, shapes=shapes_of(info)):
+    for k, grads in enumerate(grad_plan(steps=steps, shapes=shapes_of(info))):
         for i, g in enumerate(grads):
             if g is not None:
-                params[i] = info.reference(params[i], g, states[i], hps[i])
+                # _step_index: the optimizer steps before this one, for a reference whose
+                # count is per group (ScheduleFreeAdamW's k), not per parameter
+                params[i] = info.reference(params[i], g, states[i], {**hps[i], "_step_index": k})
     return params, states
 
 
@@ -148,7 +150,7 @@ def test_zero_dim_and_zero_size_params(info, config, xp):
     for k in range(4):
         g = np.array(0.25 * (k + 1))
         opt([to_xp(xp, g), to_xp(xp, np.zeros((0, 3)))])
-        ref = info.reference(ref, g, ref_state, info.hyperparams(config))
+        ref = info.reference(ref, g, ref_state, {**info.hyperparams(config), "_step_index": k})
     assert scalar.shape == () and empty.shape == (0, 3)
     np.testing.assert_allclose(to_numpy(scalar), ref, rtol=1e-12)
     group = opt.param_groups[0]

@@ -1198,7 +1198,7 @@ def test_lambda_state_dict_saves_callable_objects_state_like_torch():
 
 @pytest.mark.parametrize("module", ["schedulers.schedules", "schedulers.base", "schedulers.decay",
                                     "schedulers.cosine", "schedulers.cyclic", "schedulers.composite",
-                                    "schedulers.plateau", "schedulers.warmup", "schedulers"])
+                                    "schedulers.plateau", "schedulers.warmup", "schedulers.swa", "schedulers"])
 def test_docstring_examples_run(module):
     import doctest
     import importlib
