@@ -20,6 +20,7 @@ import numpy as np
 from .algorithms import (
     ASGD, LAMB, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW, Lion, Muon, NAdam, RAdam, RMSprop, Rprop,
 )
+from .algorithms.schedule_free_adamw import schedule_free_adamw_update
 from .algorithms.sparse_adam import sparse_adam_update
 from .checks import check_real
 from .engine import backend_for
@@ -44,6 +45,7 @@ __all__ = [
     "rmsprop_update",
     "rprop_update",
     "muon_update",
+    "schedule_free_adamw_update",
     "sgd_update",
     "sparse_adam_update",
 ]

@@ -435,6 +435,21 @@ LAMB_ROW = OptimInfo(
 
 TABLE += [LION_ROW, LAMB_ROW]
 
+# Beyond torch.optim: the update of schedulefree.AdamWScheduleFree
+TABLE.append(OptimInfo(
+    cls=ms_optim.ScheduleFreeAdamW, reference=reference.schedule_free_adamw,
+    configs=[dict(lr=0.01), dict(lr=0.02, warmup_steps=5), dict(lr=0.01, weight_decay=0.1, r=1.0),
+             dict(lr=0.03, betas=(0.3, 0.95), eps=1e-6, weight_lr_power=0.0)],
+    group_overrides=dict(lr=0.004, weight_decay=0.2, warmup_steps=2),
+    errors=COMMON_ERRORS + [
+        (dict(betas=(0.0, 0.999)), ValueError, r"Invalid beta parameter at index 0: 0\.0"),
+        (dict(warmup_steps=-1), ValueError, r"Invalid warmup_steps value: -1"),
+        (dict(warmup_steps=2.5), TypeError, r"warmup_steps must be an int, got float"),
+        (dict(r=-0.5), ValueError, r"Invalid r value: -0\.5"),
+    ],
+    state_keys=lambda kw: {"z", "exp_avg_sq"},
+))
+
 #: (info, config) for every row and configuration, with readable ids
 CASES = [(info, cfg) for info in TABLE for cfg in info.configs]
 CASE_IDS = [f"{info.name}-{'-'.join(f'{k}={v}' for k, v in cfg.items())}" for info, cfg in CASES]

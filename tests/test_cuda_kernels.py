@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import math
 import os
 import re
 import shutil
@@ -61,6 +62,7 @@ from ms_optim.engine.cuda_codegen import (
     pointer_table,
 )
 from ms_optim.engine.eager import EagerBackend, run_eager
+from ms_optim.engine.layout import Layout, broadcast_run
 from ms_optim.engine.tracer import trace
 from tests.optim_table import CASES
 
@@ -84,9 +86,17 @@ class KernelCase:
     static: tuple
     scalars: tuple  # ((name, value), ...) from a real step: realistic host values
     n_states: int
+    #: a stage's layout (None: the classic rule(p, g, *state) -> (p, *state))
+    layout: Layout | None = None
+    #: per operand, (its shape, its parameter's shape) as a real step passed them
+    operand_shapes: tuple = ()
 
     def source(self, storage: str) -> KernelSource:
-        return kernel_source(self.rule, dict(self.static), [k for k, _ in self.scalars], self.n_states, storage)
+        return kernel_source(self.rule, dict(self.static), [k for k, _ in self.scalars], self.kernel_layout, storage)
+
+    @property
+    def kernel_layout(self) -> Layout:
+        return self.layout or Layout.of_state(self.n_states)
 
     @property
     def scalar_values(self) -> dict:
@@ -112,6 +122,18 @@ class _Recorder:
                                          tuple(sorted(scalars.items())), n_states)
         self._eager.run(rule, static, scalars, params, grads, states, xp)
 
+    def run_stage(self, rule, static, scalars, layout, tensors, xp):
+        key = cache_key(rule, static, scalars, layout, "any")[:4]
+        if key not in self.calls:
+            flags = "-".join(k for k, v in sorted(static.items()) if v is True) or "plain"
+            kinds = "".join(k[0] for k in layout.operands)  # s(calar) / b(cast) operands
+            case_id = f"{getattr(rule, '__name__', 'rule')}-{flags}-{layout.n_arrays}a{len(layout.writes)}w{kinds}"
+            first = tensors[0]
+            shapes = tuple((tuple(o.shape), tuple(first[0].shape)) for o in first[layout.n_arrays:])
+            self.calls[key] = KernelCase(case_id, rule, tuple(sorted(static.items())),
+                                         tuple(sorted(scalars.items())), layout.n_arrays - 2, layout, shapes)
+        self._eager.run_stage(rule, static, scalars, layout, tensors, xp)
+
 
 def reached_kernels() -> tuple[list[KernelCase], list[str]]:
     """Every distinct kernel the table's configurations reach in :data:`STEPS` steps.
@@ -125,7 +147,8 @@ def reached_kernels() -> tuple[list[KernelCase], list[str]]:
     try:
         rng = np.random.default_rng(0)
         for info, config in CASES:
-            params = [rng.standard_normal(3), rng.standard_normal(2)]
+            # a vector and a matrix (Adafactor factors matrices); Muon's own shapes
+            params = [rng.standard_normal(s) for s in (info.shapes[:2] if info.shapes else [(3,), (2, 4)])]
             groups = [{"params": params[:1]}, {"params": params[1:], **info.group_overrides}]
             try:
                 opt = info.cls(groups, **config, backend=recorder.name)
@@ -146,7 +169,7 @@ def reached_kernels() -> tuple[list[KernelCase], list[str]]:
 
 
 def _renamed(case: KernelCase, new_id: str) -> KernelCase:
-    return KernelCase(new_id, case.rule, case.static, case.scalars, case.n_states)
+    return KernelCase(new_id, case.rule, case.static, case.scalars, case.n_states, case.layout, case.operand_shapes)
 
 
 KERNELS, UNREACHED = reached_kernels()
@@ -343,9 +366,11 @@ static inline long long min(long long a, long long b) { return a < b ? a : b; }
 
 def _emulation_driver(ks: KernelSource, name: str) -> str:
     scalars = [f"{ks.compute} {s}" for s in ks.scalar_params]
+    bcast = "bcast" in ks.layout.operands  # the kernel then takes the broadcast table too
     args = ["const long long* ptrs", "const long long* blocks", "const long long* sizes",
-            "int n_tensors", "int chunk", *scalars]
-    call = ", ".join(["ptrs", "blocks", "sizes", "n_tensors", "chunk", *ks.scalar_params])
+            *(["const long long* bcast"] if bcast else []), "int n_tensors", "int chunk", *scalars]
+    call = ", ".join(["ptrs", "blocks", "sizes", *(["bcast"] if bcast else []), "n_tensors", "chunk",
+                      *ks.scalar_params])
     return "\n".join([
         f"extern \"C\" void {name}(int grid, int block, {', '.join(args)}) {{",
         "  blockDim.x = block;",
@@ -357,6 +382,7 @@ def _emulation_driver(ks: KernelSource, name: str) -> str:
 
 
 def _run_host(case_index: int, ks: KernelSource, arrays: list[np.ndarray], hoisted: list) -> None:
+    """The host loop over ``arrays`` (full arrays, then operands: their broadcast table is built here)."""
     lib, reason = _host_library()
     if lib is None:
         if reason.startswith("FAIL: "):
@@ -364,22 +390,59 @@ def _run_host(case_index: int, ks: KernelSource, arrays: list[np.ndarray], hoist
         pytest.skip(reason)
     fn = getattr(lib, f"host_{case_index}_{_HOST_SUFFIX[ks.storage]}")
     scalar = ctypes.c_double if ks.compute == "double" else ctypes.c_float
+    layout = ks.layout
+    extra = []
+    if "bcast" in layout.operands:
+        extra = [_bcast_table([arrays], layout)]
     fn.restype = None
-    fn.argtypes = [ctypes.c_longlong] + [ctypes.c_void_p] * len(arrays) + [scalar] * len(hoisted)
-    fn(arrays[0].size, *(a.ctypes.data for a in arrays), *hoisted)
+    fn.argtypes = [ctypes.c_longlong] + [ctypes.c_void_p] * (len(arrays) + len(extra)) + [scalar] * len(hoisted)
+    fn(arrays[0].size, *(a.ctypes.data for a in arrays), *(t.ctypes.data for t in extra), *hoisted)
 
 
-def _inputs(n_arrays: int, dtype, rng) -> list[np.ndarray]:
+def _bcast_table(tensors, layout: Layout) -> np.ndarray:
+    """``(inner, span)`` of each bcast operand (operand-major, then tensor), as cuda.py uploads it."""
+    runs = [broadcast_run(arrays[layout.n_arrays + j].shape, arrays[0].shape)
+            for j, kind in enumerate(layout.operands) if kind == "bcast" for arrays in tensors]
+    return np.asarray(runs, dtype=np.int64).reshape(-1)
+
+
+#: the shape of a stage case's tensors in the host checks: 96 elements, as _inputs makes them
+STAGE_SHAPE = (2, 4, 12)
+
+
+def _operand_shape(recorded, shape=STAGE_SHAPE) -> tuple:
+    """An operand for ``shape`` broadcasting along the axes the recorded one did (aligned right)."""
+    op, param = recorded
+    if not op:
+        return ()
+    out = list(shape)
+    for k in range(1, len(shape) + 1):
+        if k <= len(param) and (k > len(op) or (op[-k] == 1 and param[-k] != 1)):
+            out[-k] = 1
+    return tuple(out)
+
+
+def _case_inputs(case: KernelCase, dtype, rng, shape=STAGE_SHAPE) -> list[np.ndarray]:
+    """A case's positional arrays: its full arrays (edge values included), then its operands."""
+    layout = case.kernel_layout
+    n = math.prod(shape)
+    full = [a.reshape(shape) for a in _inputs(layout.n_arrays, dtype, rng, n)]
+    operands = [np.asarray(np.abs(rng.standard_normal(_operand_shape(rec, shape))) + 0.1, dtype=dtype)
+                for rec in case.operand_shapes]
+    return full + operands
+
+
+def _inputs(n_arrays: int, dtype, rng, n: int = 96) -> list[np.ndarray]:
     """Random values, then rows of edge values: NaN, +-inf, +-0 in each role."""
-    n = 96
     arrays = [rng.standard_normal(n)] + [rng.standard_normal(n)]
     arrays += [np.abs(rng.standard_normal(n)) + 0.1 for _ in range(n_arrays - 2)]  # second moments are >= 0
     edges = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -3.5, 2.0]
-    for role, a in enumerate(arrays):
-        for k, v in enumerate(edges):
-            a[64 + (role * 3 + k) % 32] = v
-    arrays[0][60], arrays[1][60] = 0.0, -0.0  # signed-zero tie for maximum/minimum
-    arrays[0][61], arrays[1][61] = -0.0, 0.0
+    if n >= 96:  # the edge rows need room; smaller tensors test chunking, not values
+        for role, a in enumerate(arrays):
+            for k, v in enumerate(edges):
+                a[64 + (role * 3 + k) % 32] = v
+        arrays[0][60], arrays[1][60] = 0.0, -0.0  # signed-zero tie for maximum/minimum
+        arrays[0][61], arrays[1][61] = -0.0, 0.0
     return [a.astype(dtype) for a in arrays]
 
 
@@ -408,17 +471,19 @@ def test_host_compiled_body_matches_eager(index, storage):
     ks = case.source(storage)
     scalars = case.scalar_values
     rng = np.random.default_rng(index)
-    arrays = _inputs(2 + case.n_states, storage, rng)
+    layout = case.kernel_layout
+    arrays = _case_inputs(case, storage, rng)
     eager = [a.copy() for a in arrays]
     with np.errstate(all="ignore"):
-        run_eager(case.rule, eager, 1 + case.n_states, scalars, dict(case.static), np)
+        run_eager(case.rule, eager, len(layout.writes), scalars, dict(case.static), np, layout)
         hoisted = [float(np.dtype(ks.scalar_dtype).type(v)) for v in ks.graph.host_values(scalars)]
     host = [a.copy() for a in arrays]
     _run_host(index, ks, host, hoisted)
-    np.testing.assert_array_equal(host[1], arrays[1], err_msg="the gradient was written")
+    for k in (*layout.read_only, *range(layout.n_arrays, layout.n_inputs)):
+        np.testing.assert_array_equal(host[k], arrays[k], err_msg=f"read-only argument {k} was written")
     uses_libm = any(node.op in _TRANSCENDENTAL_OPS for node in ks.graph.nodes)
     limit = (TRANSCENDENTAL_ULPS if uses_libm else MAX_ULPS)[storage]
-    for role, name in zip([0, *range(2, len(arrays))], ks.outputs):
+    for role, name in zip(layout.writes, ks.outputs):
         got, want = host[role], eager[role]
         dist = _ulp_distance(got, want)
         bad = dist > limit
@@ -443,12 +508,12 @@ def test_multi_tensor_kernel_run_on_host_equals_the_plain_loop(index, storage):
     if lib is None:
         pytest.fail(reason[6:]) if reason.startswith("FAIL: ") else pytest.skip(reason)
     rng = np.random.default_rng(100 + index)
-    n_arrays = 2 + case.n_states
-    tensors = [_inputs(n_arrays, storage, rng)]
-    for n in (1, 999, 1000, 1001, 2500):
-        arrays = [rng.standard_normal(n), rng.standard_normal(n)]
-        arrays += [np.abs(rng.standard_normal(n)) + 0.1 for _ in range(n_arrays - 2)]
-        tensors.append([a.astype(storage) for a in arrays])
+    layout = case.kernel_layout
+    tensors = [_case_inputs(case, storage, rng)]
+    # 1, 999, 1000, 1001 and 2500 elements: chunk boundaries (chunk = 1000), in the shapes
+    # a broadcast operand sees: its index depends on where the chunk starts
+    for shape in ((1, 1, 1), (3, 3, 111), (2, 50, 10), (7, 11, 13), (5, 20, 25)):
+        tensors.append(_case_inputs(case, storage, rng, shape))
     hoisted = [float(np.dtype(ks.scalar_dtype).type(v)) for v in ks.graph.host_values(case.scalar_values)]
 
     looped = [[a.copy() for a in arrays] for arrays in tensors]
@@ -460,12 +525,15 @@ def test_multi_tensor_kernel_run_on_host_equals_the_plain_loop(index, storage):
     sizes = np.array([arrays[0].size for arrays in launched], dtype=np.int64)
     blocks = block_map(sizes, chunk)
     ptrs = pointer_table([[a.ctypes.data for a in arrays] for arrays in launched])
+    tables = [ptrs, blocks, sizes]
+    if "bcast" in layout.operands:
+        tables.append(_bcast_table(launched, layout))
     fn = getattr(lib, f"emulate_{index}_{_HOST_SUFFIX[storage]}")
     scalar = ctypes.c_double if ks.compute == "double" else ctypes.c_float
     fn.restype = None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [scalar] * len(hoisted)
-    fn(blocks.size // 2, MULTI_TENSOR_THREADS, ptrs.ctypes.data, blocks.ctypes.data, sizes.ctypes.data,
-       len(launched), chunk, *hoisted)
+    fn.argtypes = ([ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * len(tables) + [ctypes.c_int] * 2
+                   + [scalar] * len(hoisted))
+    fn(blocks.size // 2, MULTI_TENSOR_THREADS, *(t.ctypes.data for t in tables), len(launched), chunk, *hoisted)
     for t, (a, b) in enumerate(zip(launched, looped)):
         for role, (x, y) in enumerate(zip(a, b)):
             np.testing.assert_array_equal(x, y, err_msg=f"tensor {t} (size {x.size}) array {role}")

@@ -165,12 +165,23 @@ class Run:
         return h
 
     def evaluate(self) -> None:
-        """Fill the history's training-set loss and test accuracy for the current params."""
+        """Fill the history's training-set loss and test accuracy for the current params.
+
+        A schedule-free optimizer holds the point its gradients are taken at while it
+        trains; it is evaluated at its average (``eval()``), then put back to train on.
+        """
         xp, data, h = self.xp, self.data, self.history
-        h.train_loss = float(mlp.loss_fn(self.params, data.x_train, data.y_train, xp))
-        h.n_test = data.n_test
-        h.test_accuracy = mlp.accuracy(self.params, data.x_test, data.y_test, xp)
-        h.test_correct = round(h.test_accuracy * data.n_test)
+        modes = hasattr(self.optimizer, "eval") and hasattr(self.optimizer, "train")
+        if modes:
+            self.optimizer.eval()
+        try:
+            h.train_loss = float(mlp.loss_fn(self.params, data.x_train, data.y_train, xp))
+            h.n_test = data.n_test
+            h.test_accuracy = mlp.accuracy(self.params, data.x_test, data.y_test, xp)
+            h.test_correct = round(h.test_accuracy * data.n_test)
+        finally:
+            if modes:
+                self.optimizer.train()
 
     @classmethod
     def from_saved(cls, saved, xp, device=None) -> "Run":
