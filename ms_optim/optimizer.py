@@ -804,9 +804,9 @@ def _checked_state_array(where: str, value, param, *, non_negative: bool):
         floating = False
     if not floating:
         raise TypeError(f"{where} has dtype {dtype}; state arrays are real floating-point")
-    out = to_namespace(value, like=param)
-    xp = array_namespace(out)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # a value beyond the param's dtype becomes inf here, refused below
+        out = to_namespace(value, like=param)
+        xp = array_namespace(out)
         if out.size and not bool(xp.all(xp.isfinite(out))):
             raise ValueError(f"{where} has NaN or infinite entries (or values beyond {param.dtype}'s range)")
         if non_negative and out.size and bool(xp.any(out < 0)):
