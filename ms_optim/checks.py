@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .engine.namespace import is_array, is_real_number, to_scalar
 
 __all__ = [
     "check_betas",
     "check_bool",
+    "check_finite",
+    "check_momentum",
     "check_lr",
     "check_non_negative",
     "check_real",
@@ -71,6 +75,32 @@ def check_betas(betas, name: str = "betas") -> tuple[float, float]:
 
 
 def check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool) and type(value).__name__ != "bool_":
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}: {value!r}")
-    return bool(value)
+    """A Python bool, a NumPy bool (``np.bool_``, what a JSON/npz round trip can give) or a 0-d bool array."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if is_array(value) and getattr(value, "ndim", None) == 0 and str(value.dtype) == "bool":
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__}: {value!r}")
+
+
+def check_finite(name: str, value) -> float:
+    """A finite real number (or 0-d array), else ValueError naming ``name``."""
+    v = check_real(name, value)
+    if not math.isfinite(v):
+        raise ValueError(f"Invalid {name} value: {v} (must be finite)")
+    return v
+
+
+def check_momentum(name: str, value, label: str | None = None) -> float:
+    """A momentum-like coefficient in ``[0, 1]``.
+
+    torch takes any non-negative value, but above 1 the buffer grows by that
+    factor every step, so the update can only diverge: refused with that reason.
+    """
+    v = check_non_negative(name, value, label)
+    if v > 1.0:
+        raise ValueError(
+            f"Invalid {label or name} value: {v} (must be at most 1: above it the buffer grows by "
+            f"that factor every step and the update diverges)"
+        )
+    return v

@@ -10,16 +10,21 @@ the torch-layout ``state_dict``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Callable
 
+import numpy as np
+
 from .checks import check_real
 from .engine import BACKENDS, backend_for
+from .engine.eager import EagerBackend, StepWrites
 from .engine.stages import Tensors
 from .engine.namespace import (
     array_namespace,
     device,
     is_array,
+    is_numpy,
     is_real_floating,
     is_writeable,
     to_namespace,
@@ -156,6 +161,10 @@ class Optimizer:
     tracks_step: bool = True
     #: per-parameter numbers held on the host besides ``'step'`` (see ``_next_host_state``)
     host_state_keys: tuple[str, ...] = ()
+    #: state arrays that can never be negative (second moments): a loaded one with a negative entry is corrupt
+    non_negative_state: frozenset = frozenset()
+    #: host numbers' domains, checked on load: key -> (low, high, low included)
+    host_state_domain: Mapping[str, tuple[float, float, bool]] = {}
 
     def __init__(self, params, defaults: Mapping[str, Any], *, backend: str | None = None):
         if backend is not None and not isinstance(backend, str):
@@ -211,13 +220,15 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         seen: set[int] = set()
         for i, p in enumerate(params):
-            _check_param(i, p)
+            _check_param(f"params[{i}]", p)
             if id(p) in seen:
                 raise ValueError(f"params[{i}] appears twice in one parameter group")
             seen.add(id(p))
         taken = {id(p) for g in others for p in g["params"]}
         if seen & taken:
             raise ValueError("some parameters appear in more than one parameter group")
+        _check_no_overlap([(f"params[{i}]", p) for i, p in enumerate(params)]
+                          + [(f"a parameter of group {gi}", p) for gi, g in enumerate(others) for p in g["params"]])
         group["params"] = params
         for name, default in self.defaults.items():
             if default is required and name not in group:
@@ -307,6 +318,7 @@ class Optimizer:
           TypeError / ValueError: a malformed call or a bad hyper-parameter.
             Nothing is changed when it raises.
         """
+        self._check_group_keys()
         checked = self._checked_grads(grads)
         for group in self.param_groups:
             self._validate(group)
@@ -347,20 +359,125 @@ class Optimizer:
                     buckets.setdefault((gi, xp, p.dtype, p_keys, signature), []).append(
                         (p, g, arrays, scalars, static, xp))
                 commits.append((p, new_arrays, host))
-        for (gi, xp, _, p_keys, _), entries in buckets.items():
-            _, _, _, scalars, static, _ = entries[0]
-            backend = backend_for(xp, self.backend)
-            params = [e[0] for e in entries]
-            grads_ = [e[1] for e in entries]
-            if staged:
-                state_lists = {k: [e[2][i] for e in entries] for i, k in enumerate(p_keys)}
-                self.update(Tensors(backend, xp, params, grads_, state_lists, scalars, static, self.param_groups[gi]))
-            else:
-                backend.run(cls.rule, static, scalars, params, grads_, [e[2] for e in entries], xp)
+        self._run_buckets(buckets, staged)
         for p, new_arrays, host in commits:
             state = self.state[p]
             state.update(new_arrays)
             state.update(host)
+
+    def _run_buckets(self, buckets: dict, staged: bool) -> None:
+        """Run every bucket, all or nothing: if anything raises, every array is as it was.
+
+        Nothing that can fail runs after a write that cannot be undone:
+
+        * eager writes (the eager backend, or a compiled backend's eager
+          fallback) go through :class:`~ms_optim.engine.eager.StepWrites`:
+          a classic rule's are held back until every bucket is computed; a
+          staged algorithm's writes to parameters and state are journaled;
+        * a compiled kernel cannot fail once launched, but a later bucket
+          may (its first compile, a warning turned into an error): until every
+          kind of bucket in the step has run once in this optimizer, the
+          arrays a compiled bucket writes are journaled first. In steady
+          state nothing is copied;
+        * NumPy's floating-point error signalling is off inside the step, so
+          an overflow gives inf as the compiled kernels do, whatever
+          ``np.seterr`` or ``-W error`` say.
+        """
+        cls = type(self)
+        run = []
+        for (gi, xp, dtype, p_keys, _), entries in buckets.items():
+            _, _, _, scalars, static, _ = entries[0]
+            backend = backend_for(xp, self.backend)
+            kind = (getattr(backend, "name", type(backend).__name__), xp.__name__, str(dtype), p_keys,
+                    tuple(sorted(static.items())), tuple(sorted(scalars)), len(entries))
+            run.append((gi, xp, p_keys, entries, scalars, static, backend, kind))
+        warm = self.__dict__.setdefault("_warm_buckets", set())
+        # cold[i]: a bucket from i on has not yet run here (its first run may still fail)
+        cold = [False] * (len(run) + 1)
+        for i in range(len(run) - 1, -1, -1):
+            cold[i] = cold[i + 1] or run[i][7] not in warm
+
+        def persistent():  # the arrays that outlive the step: parameters and state
+            for r in run:
+                for e in r[3]:
+                    yield e[0]
+                    yield from e[2]
+
+        writes = StepWrites(defer=not staged, persistent=persistent)
+        try:
+            with writes, np.errstate(all="ignore"):
+                for i, (gi, xp, p_keys, entries, scalars, static, backend, _) in enumerate(run):
+                    if cold[i + 1] and not isinstance(backend, EagerBackend):
+                        for e in entries:
+                            writes.save(e[0])
+                            for a in e[2]:
+                                writes.save(a)
+                    params = [e[0] for e in entries]
+                    grads_ = [e[1] for e in entries]
+                    if staged:
+                        state_lists = {k: [e[2][j] for e in entries] for j, k in enumerate(p_keys)}
+                        self.update(Tensors(backend, xp, params, grads_, state_lists, scalars, static,
+                                            self.param_groups[gi]))
+                    else:
+                        backend.run(cls.rule, static, scalars, params, grads_, [e[2] for e in entries], xp)
+                writes.commit()
+        except BaseException:
+            with np.errstate(all="ignore"):
+                writes.undo()
+            raise
+        warm.update(r[7] for r in run)
+
+    def _check_group_keys(self) -> None:
+        """Every group still has its parameter list and every hyper-parameter (a user may edit groups)."""
+        for gi, group in enumerate(self.param_groups):
+            if not isinstance(group, MutableMapping):
+                raise TypeError(f"param_groups[{gi}] must be a dict, got {type(group).__name__}")
+            if "params" not in group:
+                raise ValueError(f"param_groups[{gi}] has no 'params' entry")
+            for name in self.defaults:
+                if name not in group:
+                    raise ValueError(
+                        f"param_groups[{gi}] has no {name!r} entry: a group needs every hyper-parameter "
+                        f"of {type(self).__name__} ({', '.join(self.defaults)})"
+                    )
+            params = group["params"]
+            if not isinstance(params, (list, tuple)):
+                raise TypeError(f"param_groups[{gi}]['params'] must be a list of arrays, got {type(params).__name__}")
+
+    def _checked_params(self) -> list:
+        """:attr:`parameters`, checked again: arrays appended to a group, or changed since, are caught.
+
+        The full checks (dtype, kind, duplicates, overlapping memory) run when
+        the parameter list differs from the last one checked; what can change
+        on an array in place (NumPy's writeable flag, torch's requires_grad)
+        is checked every step.
+        """
+        params = self.parameters
+        last = self.__dict__.get("_checked_param_list")
+        if last is None or len(last) != len(params) or any(a is not b for a, b in zip(last, params)):
+            where = [f"param_groups[{gi}]['params'][{i}]"
+                     for gi, group in enumerate(self.param_groups) for i in range(len(group["params"]))]
+            seen: dict[int, str] = {}
+            for name, p in zip(where, params):
+                _check_param(name, p)
+                if id(p) in seen:
+                    raise ValueError(f"{name} is {seen[id(p)]} again; a parameter may appear once in an optimizer")
+                seen[id(p)] = name
+            _check_no_overlap(list(zip(where, params)))
+            self._checked_param_list = tuple(params)  # holds them, so ids cannot be reused
+        else:
+            for gi, group in enumerate(self.param_groups):
+                for i, p in enumerate(group["params"]):
+                    if type(p) is np.ndarray:
+                        if not p.flags.writeable:
+                            _check_param(f"param_groups[{gi}]['params'][{i}]", p)
+                    elif not is_writeable(p) or getattr(p, "requires_grad", False):
+                        _check_param(f"param_groups[{gi}]['params'][{i}]", p)
+        return params
+
+    def _host_state_domain(self, group: dict) -> Mapping[str, tuple[float, float, bool]]:
+        """The domains of :attr:`host_state_keys` a loaded state must respect (default: the class's)."""
+        return self.host_state_domain
 
     def _has_param_hooks(self) -> bool:
         cls = type(self)
@@ -391,7 +508,7 @@ class Optimizer:
             raise TypeError(
                 f"grads must be a sequence with one array (or None) per parameter, got {type(grads).__name__}"
             ) from None
-        params = self.parameters
+        params = self._checked_params()
         if len(grads) != len(params):
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(params)} parameters")
         checked = []
@@ -458,15 +575,26 @@ class Optimizer:
                     f"loaded state dict contains a parameter group that doesn't match the size of "
                     f"optimizer's group (group {gi}: {len(saved['params'])} ids for {len(group['params'])} params)"
                 )
+            lacking = [name for name in self.defaults if name not in saved]
+            if lacking:
+                # torch's state dicts carry every hyper-parameter; one without ours is another optimizer's
+                raise ValueError(
+                    f"state_dict['param_groups'][{gi}] lacks {', '.join(map(repr, lacking))}: it is not the state "
+                    f"of a {type(self).__name__} (its keys: {', '.join(sorted(map(str, saved)))})"
+                )
             new = {k: _detached(v) for k, v in saved.items() if k != "params"}
-            for name, default in self.defaults.items():
-                if default is not required:
-                    new.setdefault(name, default)
             new["params"] = group["params"]
             self._validate(new)
             new = _as_stored(new)
             new_groups.append(new)
             for pid, p in zip(saved["params"], group["params"]):
+                try:
+                    repeated = pid in id_map
+                except TypeError:
+                    raise TypeError(f"state_dict['param_groups'][{gi}]['params'] holds an unhashable id: {pid!r}") \
+                        from None
+                if repeated:
+                    raise ValueError(f"state_dict['param_groups'] lists parameter id {pid!r} twice")
                 id_map[pid] = (p, new)
         new_state = []
         for pid, st in saved_state.items():
@@ -504,13 +632,16 @@ class Optimizer:
             if k not in st:
                 continue
             value = st[k]
-            if not is_array(value):
+            if not is_array(value) or isinstance(value, np.generic):
                 raise TypeError(f"{where}[{k!r}] must be an array, got {type(value).__name__}")
             expected = self._state_shape(k, p, group)
             if tuple(value.shape) != expected:
                 what = "its parameter" if expected == tuple(p.shape) else "expected"
                 raise ValueError(f"{where}[{k!r}] has shape {tuple(value.shape)}, {what} {expected}")
-            out[k] = to_namespace(value, like=p)
+            out[k] = _checked_state_array(f"{where}[{k!r}]", value, p, non_negative=k in self.non_negative_state)
+        for k, (low, high, closed_low) in self._host_state_domain(group).items():
+            if k in out and not ((low < out[k] if not closed_low else low <= out[k]) and out[k] <= high):
+                raise ValueError(f"{where}[{k!r}] must be in {'[' if closed_low else '('}{low}, {high}], got {out[k]}")
         return out
 
     def __repr__(self):
@@ -556,14 +687,64 @@ def _as_group_list(params) -> list:
     return params
 
 
-def _check_param(i: int, p) -> None:
-    if not is_array(p) or not hasattr(p, "shape"):
-        raise TypeError(f"params[{i}] must be an array, got {type(p).__name__}")
+def _check_param(where: str, p) -> None:
+    if not is_array(p) or not hasattr(p, "shape") or isinstance(p, np.generic):
+        raise TypeError(f"{where} must be an array, got {type(p).__name__}")
+    if isinstance(p, (np.ma.MaskedArray, np.matrix)):
+        # a mask the update would ignore, or matrix semantics the rules do not follow
+        raise TypeError(f"{where} is a {type(p).__name__}; pass a plain array (np.asarray) instead")
     xp = array_namespace(p)
     if not is_real_floating(xp, p.dtype):
-        raise TypeError(f"params[{i}] has dtype {p.dtype}; optimizers update real floating-point arrays only")
+        raise TypeError(f"{where} has dtype {p.dtype}; optimizers update real floating-point arrays only")
     if not is_writeable(p):
-        raise ValueError(f"params[{i}] is read-only; the optimizer updates parameters in place")
+        raise ValueError(f"{where} is read-only; the optimizer updates parameters in place")
+    if getattr(p, "requires_grad", False):
+        # an in-place write to a leaf that requires grad is refused by torch mid-step
+        raise ValueError(
+            f"{where} is a torch tensor that requires grad; pass param.detach() (it shares the memory, "
+            "so the update reaches the tensor)"
+        )
+
+
+def _byte_bounds(p):
+    interface = p.__array_interface__
+    low = high = interface["data"][0]
+    if interface["strides"] is None:
+        return low, low + p.size * p.itemsize
+    for n, stride in zip(p.shape, p.strides):
+        if stride < 0:
+            low += stride * (n - 1)
+        else:
+            high += stride * (n - 1)
+    return low, high + p.itemsize
+
+
+def _check_no_overlap(named: list) -> None:
+    """ValueError if two NumPy parameters share memory (overlapping views get updated twice)."""
+    spans = []
+    for name, p in named:
+        if isinstance(p, np.ndarray) and p.size:
+            low, high = _byte_bounds(p)
+            spans.append((low, high, name, p))
+    if len(spans) < 2:
+        return
+    spans.sort(key=lambda s: s[0])
+    open_spans: list = []
+    for low, high, name, p in spans:
+        open_spans = [s for s in open_spans if s[1] > low]
+        for _, _, other_name, other in open_spans:
+            # bounds overlap; interleaved views (x[::2], x[1::2]) do not share an element
+            try:
+                shared = np.shares_memory(p, other, max_work=10**6)
+            except np.exceptions.TooHardError:
+                shared = True
+            if shared:
+                a, b = sorted((name, other_name))
+                raise ValueError(
+                    f"{a} and {b} share memory (overlapping views of one array); each element "
+                    "must belong to one parameter, or an update would be applied to it twice"
+                )
+        open_spans.append((low, high, name, p))
 
 
 def _checked_grad(i: int, p, g):
@@ -583,10 +764,21 @@ def _checked_grad(i: int, p, g):
         raise ValueError(f"grads[{i}] has shape {tuple(g.shape)}, its parameter {tuple(p.shape)}")
     if device(g) != device(p):
         raise ValueError(f"grads[{i}] is on device {device(g)}, its parameter on {device(p)}")
+    if type(g) is not np.ndarray and isinstance(g, (np.ma.MaskedArray, np.matrix)):
+        raise TypeError(f"grads[{i}] is a {type(g).__name__}; pass a plain array (np.asarray) instead")
     if g.dtype != p.dtype:  # the param's dtype was checked when it joined its group
         if not is_real_floating(xp, g.dtype):
             raise TypeError(f"grads[{i}] has dtype {g.dtype}; a real floating-point gradient is needed")
-        g = xp.astype(g, p.dtype)
+        with np.errstate(all="ignore"):
+            cast = xp.astype(g, p.dtype)
+            # a finite value beyond the parameter dtype's range would silently become inf
+            if xp.finfo(g.dtype).max > xp.finfo(p.dtype).max and bool(
+                    xp.any(xp.isinf(cast) & xp.isfinite(g))):
+                raise ValueError(
+                    f"grads[{i}] has finite {g.dtype} values beyond the range of its parameter's dtype "
+                    f"{p.dtype} (largest {float(xp.finfo(p.dtype).max):g}); they would become inf"
+                )
+        g = cast
     return g
 
 
@@ -597,9 +789,29 @@ def _detached(value):
     loaded optimizer would share its lr with the checkpoint. Other values are
     immutable or copied by the caller's dict.
     """
-    if is_array(value):
+    if is_array(value) and not isinstance(value, np.generic):  # a NumPy scalar is immutable: kept as it is
         return array_namespace(value).asarray(value, copy=True)
     return value
+
+
+def _checked_state_array(where: str, value, param, *, non_negative: bool):
+    """A loaded state array, checked (real floating, finite, in its domain), as a copy like ``param``."""
+    src_xp = array_namespace(value)
+    dtype = value.dtype
+    try:
+        floating = is_real_floating(src_xp, dtype)
+    except (TypeError, ValueError):
+        floating = False
+    if not floating:
+        raise TypeError(f"{where} has dtype {dtype}; state arrays are real floating-point")
+    with np.errstate(all="ignore"):  # a value beyond the param's dtype becomes inf here, refused below
+        out = to_namespace(value, like=param)
+        xp = array_namespace(out)
+        if out.size and not bool(xp.all(xp.isfinite(out))):
+            raise ValueError(f"{where} has NaN or infinite entries (or values beyond {param.dtype}'s range)")
+        if non_negative and out.size and bool(xp.any(out < 0)):
+            raise ValueError(f"{where} has negative entries; it is a second moment, never negative")
+    return out
 
 
 def _checked_host_value(where: str, value) -> float:
@@ -609,11 +821,24 @@ def _checked_host_value(where: str, value) -> float:
     return number
 
 
+#: the largest step count loaded: every count below it is exact in float64 (torch keeps a float step)
+MAX_STEP = 2**53
+
+
 def _checked_step(where: str, value) -> int:
+    if is_array(value) and not isinstance(value, np.generic):
+        if getattr(value, "ndim", None) != 0:
+            raise ValueError(f"{where} must be a number or a 0-d array, got an array of shape {tuple(value.shape)}")
+        if str(value.dtype).startswith(("complex", "bool")) or "datetime" in str(value.dtype):
+            raise TypeError(f"{where} must be a whole number, got an array of dtype {value.dtype}")
+    elif not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where} must be a whole number, got {type(value).__name__}: {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{where} must be a number, got {type(value).__name__}") from None
     if not (math.isfinite(number) and number >= 0 and number.is_integer()):
         raise ValueError(f"{where} must be a non-negative whole number, got {number}")
+    if number > MAX_STEP:
+        raise ValueError(f"{where} must be at most 2**53, got {number:g}")
     return int(number)

@@ -79,6 +79,9 @@ class Adadelta(Optimizer):
         defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, backend=backend)
 
+    #: second moments and step sizes: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(('square_avg', 'acc_delta'))
+
     def _validate(self, group):
         check_lr(group["lr"])
         check_unit_interval("rho", group["rho"], closed=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ..checks import check_bool, check_real
+from ..engine.eager import assign
 from ..engine.namespace import array_namespace, device
 from ..optimizer import Optimizer
 
@@ -26,7 +27,7 @@ def factored_direction_rule(g, u, row_var, col_var, row_mean, *, eps1_sq, maximi
     return (1 / xp.sqrt(var_estimate)) * g
 
 
-def unfactored_direction_rule(g, variance, u, *, weight, eps1_sq, maximize, lerp_from_end, xp):
+def unfactored_direction_rule(g, variance, new_variance, u, *, weight, eps1_sq, maximize, lerp_from_end, xp):
     """A vector's (or scalar's) full second moment, then its update direction."""
     if maximize:
         g = -g
@@ -39,6 +40,11 @@ def apply_rule(p, u, coef, *, decay, has_weight_decay, xp):
     if has_weight_decay:
         p = p * decay
     return p + coef * u
+
+
+def apply_unfactored_rule(p, u, variance, new_variance, coef, *, decay, has_weight_decay, xp):
+    """:func:`apply_rule`, and the new second moment written into the state in the same last pass."""
+    return apply_rule(p, u, coef, decay=decay, has_weight_decay=has_weight_decay, xp=xp), new_variance
 
 
 class Adafactor(Optimizer):
@@ -124,6 +130,9 @@ class Adafactor(Optimizer):
                         maximize=maximize)
         super().__init__(params, defaults, backend=backend)
 
+    #: second moments and step sizes: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(('row_var', 'col_var', 'variance'))
+
     def _validate(self, group):
         lr = check_real("lr", group["lr"])
         if not 0.0 <= lr < math.inf:  # torch's words for this optimizer
@@ -208,14 +217,22 @@ class Adafactor(Optimizer):
                 for var, axis in ((row, -1), (col, -2)):
                     mean = norm(g, axis=axis, keepdims=True)
                     mean = mean * mean / g.shape[axis]
-                    var[...] = _lerp(var, mean, s["weight"], from_end=t.static["lerp_from_end"])
+                    # journaled inside a step (m + n numbers), so a later failure puts it back
+                    assign(var, _lerp(var, mean, s["weight"], from_end=t.static["lerp_from_end"]))
                 row_means.append(xp.clip(xp.mean(row, axis=-2, keepdims=True), min=s["eps1"]))
             t.elementwise(factored_direction_rule, [t.g, u], writes=(1,),
                           operands=[t.state["row_var"], t.state["col_var"], row_means], eps1_sq=eps1_sq)
         else:
-            t.elementwise(unfactored_direction_rule, [t.g, t.state["variance"], u], writes=(1, 2),
+            # the new second moment goes to a temporary, written with p by the last pass:
+            # the reductions in between may still fail, and a failed step changes nothing
+            new_variance = t.empty_like()
+            t.elementwise(unfactored_direction_rule, [t.g, t.state["variance"], new_variance, u], writes=(2, 3),
                           eps1_sq=eps1_sq)
         # -alpha_t / max(1, RMS(U) / d), still on the device
         coefs = [-a / xp.clip(norm(x) / (s["sqrt_numel"] * s["d"]), min=1.0) for a, x in zip(alphas, u)]
-        t.elementwise(apply_rule, [t.p, u], writes=(0,), operands=[coefs])
+        if t.static["factored"]:
+            t.elementwise(apply_rule, [t.p, u], writes=(0,), operands=[coefs])
+        else:
+            t.elementwise(apply_unfactored_rule, [t.p, u, t.state["variance"], new_variance], writes=(0, 2),
+                          operands=[coefs])
 

@@ -81,6 +81,9 @@ class Adagrad(Optimizer):
                         initial_accumulator_value=initial_accumulator_value, maximize=maximize)
         super().__init__(params, defaults, backend=backend)
 
+    #: second moments and step sizes: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(('sum',))
+
     def _validate(self, group):
         check_lr(group["lr"])
         check_non_negative("lr_decay", group["lr_decay"])

@@ -102,6 +102,9 @@ class Adam(Optimizer):
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, backend=backend)
 
+    #: second moments and step sizes: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(('exp_avg_sq', 'max_exp_avg_sq'))
+
     def _validate(self, group):
         check_lr(group["lr"])
         check_non_negative("eps", group["eps"], "epsilon")

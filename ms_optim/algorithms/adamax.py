@@ -83,6 +83,9 @@ class Adamax(Optimizer):
                         weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, backend=backend)
 
+    #: second moments and step sizes: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(('exp_inf',))
+
     def _validate(self, group):
         check_lr(group["lr"])
         check_non_negative("eps", group["eps"], "epsilon")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..checks import check_bool, check_lr, check_non_negative
 from ..optimizer import Optimizer
 
@@ -87,6 +89,8 @@ class ASGD(Optimizer):
 
     rule = staticmethod(asgd_rule)
     host_state_keys = ("eta", "mu")
+    #: eta = lr / (1 + lambd lr t)^alpha >= 0; mu = 1 / max(1, t - t0) in (0, 1]
+    host_state_domain = {"eta": (0.0, math.inf, True), "mu": (0.0, 1.0, False)}
 
     def __init__(self, params, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, *,
                  maximize=False, backend=None):

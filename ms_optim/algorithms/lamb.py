@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..checks import check_betas, check_bool, check_lr, check_non_negative
 from ..optimizer import Optimizer
 
-__all__ = ["LAMB", "lamb_direction_rule", "trust_ratio_apply_rule"]
+__all__ = ["LAMB", "lamb_apply_rule", "lamb_direction_rule", "lamb_u_rule", "trust_ratio_apply_rule"]
 
 
 def lamb_direction_rule(g, exp_avg, exp_avg_sq, u, p=None, *, beta1, one_minus_beta1, beta2,
@@ -30,6 +30,27 @@ def lamb_direction_rule(g, exp_avg, exp_avg_sq, u, p=None, *, beta1, one_minus_b
 def trust_ratio_apply_rule(p, u, ratio, *, lr, xp):
     """Pass 2: ``p + (-lr) * (u * ratio)``, rounded as optax's chain rounds it."""
     return (p - lr * (u * ratio),)
+
+
+def lamb_u_rule(g, exp_avg, exp_avg_sq, u, p=None, *, beta1, one_minus_beta1, beta2,
+                one_minus_beta2, eps, weight_decay, bc1, bc2, maximize, has_weight_decay, xp):
+    """Pass 1 as a step runs it: the direction ``u`` only; the moments are not written yet."""
+    return lamb_direction_rule(
+        g, exp_avg, exp_avg_sq, u, p, beta1=beta1, one_minus_beta1=one_minus_beta1, beta2=beta2,
+        one_minus_beta2=one_minus_beta2, eps=eps, weight_decay=weight_decay, bc1=bc1, bc2=bc2,
+        maximize=maximize, has_weight_decay=has_weight_decay, xp=xp)[2]
+
+
+def lamb_apply_rule(p, g, exp_avg, exp_avg_sq, ratio, *, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                    eps, weight_decay, bc1, bc2, maximize, has_weight_decay, xp):
+    """Pass 2 as a step runs it: the moments and ``u`` again (the same operations, so the same
+    bits as pass 1's), then ``p``. Every write of the step is in this one pass: the trust
+    ratios between the passes can still fail, and a failed step must change nothing."""
+    exp_avg, exp_avg_sq, u = lamb_direction_rule(
+        g, exp_avg, exp_avg_sq, None, p, beta1=beta1, one_minus_beta1=one_minus_beta1, beta2=beta2,
+        one_minus_beta2=one_minus_beta2, eps=eps, weight_decay=weight_decay, bc1=bc1, bc2=bc2,
+        maximize=maximize, has_weight_decay=has_weight_decay, xp=xp)
+    return trust_ratio_apply_rule(p, u, ratio, lr=lr, xp=xp)[0], exp_avg, exp_avg_sq
 
 
 def _trust_ratios(params, updates, xp):
@@ -133,6 +154,9 @@ class LAMB(Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, backend=backend)
 
+    #: second moments: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(("exp_avg_sq",))
+
     def _validate(self, group):
         check_lr(group["lr"])
         check_non_negative("eps", group["eps"], "epsilon")
@@ -166,6 +190,7 @@ class LAMB(Optimizer):
         arrays = [t.g, t.state["exp_avg"], t.state["exp_avg_sq"], u]
         if t.static["has_weight_decay"]:
             arrays.append(t.p)
-        t.elementwise(lamb_direction_rule, arrays, writes=(1, 2, 3))
+        t.elementwise(lamb_u_rule, arrays, writes=(3,))
         ratios = _trust_ratios(t.p, u, t.xp)
-        t.elementwise(trust_ratio_apply_rule, [t.p, u], writes=(0,), operands=[ratios])
+        t.elementwise(lamb_apply_rule, [t.p, t.g, t.state["exp_avg"], t.state["exp_avg_sq"]], writes=(0, 2, 3),
+                      operands=[ratios])

@@ -28,15 +28,25 @@ def momentum_rule(buf, g, *, one_minus_momentum, buf_from_end, xp):
     return _lerp(buf, g, one_minus_momentum, from_end=buf_from_end)
 
 
-def nesterov_rule(buf, g, u, *, one_minus_momentum, momentum, buf_from_end, nesterov_from_end, xp):
+def _momentum_into_rule(buf, g, new_buf, *, one_minus_momentum, buf_from_end, xp):
+    """:func:`momentum_rule` written into a temporary (``new_buf``)."""
+    return momentum_rule(buf, g, one_minus_momentum=one_minus_momentum, buf_from_end=buf_from_end, xp=xp)
+
+
+def nesterov_rule(buf, g, new_buf, u, *, one_minus_momentum, momentum, buf_from_end, nesterov_from_end, xp):
     """The buffer as :func:`momentum_rule`, and the direction ``u = g.lerp(buf, momentum)``."""
     buf = _lerp(buf, g, one_minus_momentum, from_end=buf_from_end)
     return buf, _lerp(g, buf, momentum, from_end=nesterov_from_end)
 
 
-def apply_rule(p, o, *, decay, neg_adjusted_lr, xp):
-    """``p.mul_(1 - lr * weight_decay).add_(o, alpha=-adjusted_lr)``, rounded as torch rounds it."""
-    return p * decay + neg_adjusted_lr * o
+def apply_rule(p, buf, new_buf, o, *, decay, neg_adjusted_lr, xp):
+    """``p.mul_(1 - lr * weight_decay).add_(o, alpha=-adjusted_lr)``, rounded as torch rounds it.
+
+    The new momentum buffer is written here, in the step's last pass, not in
+    the first: the Newton–Schulz products between them can still fail
+    (MemoryError), and a step that fails must leave the buffer as it was.
+    """
+    return p * decay + neg_adjusted_lr * o, new_buf
 
 
 def newton_schulz(x, coefficients, steps, eps, xp):
@@ -140,6 +150,9 @@ class Muon(Optimizer):
         momentum = check_real("momentum", group["momentum"])
         if not 0.0 <= momentum < math.inf:
             raise ValueError(f"momentum should be >= 0 but is: {momentum}")
+        if momentum > 1.0:  # torch takes it; the buffer's lerp then extrapolates and diverges
+            raise ValueError(f"momentum should be <= 1 but is: {momentum} (above 1 the momentum buffer "
+                             "grows every step and the update diverges)")
         weight_decay = check_real("weight_decay", group["weight_decay"])
         if not 0.0 <= weight_decay < math.inf:
             raise ValueError(f"weight decay should be >= 0 but is: {weight_decay}")
@@ -196,12 +209,14 @@ class Muon(Optimizer):
     def update(self, t):
         xp, group = t.xp, t.group
         buf = t.state["momentum_buffer"]
+        # the new buffer goes to a temporary, written into the state by the last pass
+        new_buf = t.empty_like()
         if t.static["nesterov"]:
             direction = t.empty_like()
-            t.elementwise(nesterov_rule, [buf, t.g, direction], writes=(0, 2))
+            t.elementwise(nesterov_rule, [buf, t.g, new_buf, direction], writes=(2, 3))
         else:
-            direction = buf
-            t.elementwise(momentum_rule, [buf, t.g], writes=(0,))
+            direction = new_buf
+            t.elementwise(_momentum_into_rule, [buf, t.g, new_buf], writes=(2,))
         coefficients = tuple(float(c) for c in group["ns_coefficients"])
         steps, eps = int(group["ns_steps"]), float(group["eps"])
         ortho = []
@@ -209,4 +224,4 @@ class Muon(Optimizer):
             work = xp.float32 if p.dtype == getattr(xp, "float16", None) else p.dtype
             o = newton_schulz(xp.astype(x, work), coefficients, steps, eps, xp)
             ortho.append(o if o.dtype == p.dtype else xp.astype(o, p.dtype))
-        t.elementwise(apply_rule, [t.p, ortho], writes=(0,))
+        t.elementwise(apply_rule, [t.p, buf, new_buf, ortho], writes=(0, 1))

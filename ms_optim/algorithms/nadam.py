@@ -107,12 +107,19 @@ class NAdam(Optimizer):
     rule = staticmethod(nadam_rule)
     host_state_keys = ("mu_product",)
 
+    def _host_state_domain(self, group):
+        # a product of mu_t = beta1 (1 - 0.5 * 0.96**(t psi)) in (0, 1); exactly 0 only when beta1 == 0
+        return {"mu_product": (0.0, 1.0, float(group["betas"][0]) == 0.0)}
+
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  momentum_decay=4e-3, decoupled_weight_decay=False, *, maximize=False, backend=None):
         defaults = dict(lr=lr, betas=betas, eps=eps,
                         weight_decay=weight_decay, momentum_decay=momentum_decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         super().__init__(params, defaults, backend=backend)
+
+    #: second moments and step sizes: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(('exp_avg_sq',))
 
     def _validate(self, group):
         check_lr(group["lr"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..checks import check_bool, check_lr, check_non_negative
+from ..checks import check_bool, check_lr, check_momentum, check_non_negative
 from ..optimizer import Optimizer
 
 __all__ = ["RMSprop", "rmsprop_rule"]
@@ -104,12 +104,18 @@ class RMSprop(Optimizer):
                         weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, backend=backend)
 
+    #: second moments and step sizes: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(('square_avg',))
+
     def _validate(self, group):
         check_lr(group["lr"])
         check_non_negative("eps", group["eps"], "epsilon")
-        check_non_negative("momentum", group["momentum"])
+        check_momentum("momentum", group["momentum"])
         check_non_negative("weight_decay", group["weight_decay"])
-        check_non_negative("alpha", group["alpha"])
+        alpha = check_non_negative("alpha", group["alpha"])
+        if alpha > 1.0:  # torch takes it; 1 - alpha < 0 then weighs g*g negatively: square_avg < 0, sqrt NaN
+            raise ValueError(f"Invalid alpha value: {alpha} (must be at most 1: above it the square "
+                             "average goes negative and its square root NaN)")
         check_bool("centered", group["centered"])
         check_bool("maximize", group["maximize"])
 

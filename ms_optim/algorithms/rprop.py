@@ -94,6 +94,9 @@ class Rprop(Optimizer):
                         maximize=maximize)
         super().__init__(params, defaults, backend=backend)
 
+    #: second moments and step sizes: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(('step_size',))
+
     def _validate(self, group):
         check_lr(group["lr"])
         etaminus, etaplus = _pair("etas", group["etas"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..checks import check_bool, check_lr, check_non_negative, check_real
+from ..checks import check_bool, check_finite, check_lr, check_momentum, check_non_negative
 from ..optimizer import Optimizer
 
 __all__ = ["SGD", "sgd_rule"]
@@ -87,8 +87,8 @@ class SGD(Optimizer):
 
     def _validate(self, group):
         check_lr(group["lr"])
-        momentum = check_non_negative("momentum", group["momentum"])
-        dampening = check_real("dampening", group["dampening"])
+        momentum = check_momentum("momentum", group["momentum"])
+        dampening = check_finite("dampening", group["dampening"])
         check_non_negative("weight_decay", group["weight_decay"])
         nesterov = check_bool("nesterov", group["nesterov"])
         check_bool("maximize", group["maximize"])

@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..checks import check_betas, check_bool, check_real
 from ..engine import backend_for
 from ..engine.namespace import array_namespace, device, is_array, is_cupy, is_numpy
@@ -147,6 +149,9 @@ class SparseAdam(Optimizer):
 
     # -------------------------------------------------------------- the hooks
 
+    #: second moments and step sizes: a loaded one with a negative entry is corrupt
+    non_negative_state = frozenset(('exp_avg_sq',))
+
     def _validate(self, group):
         lr = check_real("lr", group["lr"])
         if not 0.0 <= lr < math.inf:
@@ -211,6 +216,7 @@ class SparseAdam(Optimizer):
           TypeError / ValueError: a malformed gradient or a bad
             hyper-parameter. Nothing is changed when it raises.
         """
+        self._check_group_keys()
         checked = self._checked_sparse_grads(grads)
         for group in self.param_groups:
             self._validate(group)
@@ -239,20 +245,26 @@ class SparseAdam(Optimizer):
                 arrays = [state[k] if k in state else new_arrays[k] for k in keys]
                 bucket = buckets.setdefault((gi, step, id(xp), str(p.dtype)), [static, xp, []])
                 bucket[2].append((p, sg, arrays))
-        for (gi, step, *_), (static, xp, entries) in buckets.items():
-            # Gather the touched entries into fresh arrays, update those in one
-            # backend call for the whole bucket, then write them back.
-            ps, gs, sts = [], [], []
-            for p, sg, arrays in entries:
-                ps.append(_gathered(xp, p, sg.at))
-                gs.append(sg.values)
-                sts.append([_gathered(xp, a, sg.at) for a in arrays])
-            backend_for(xp, self.backend).run(type(self).rule, static, scalars_of[(gi, step)], ps, gs, sts, xp)
-            for (p, sg, arrays), new_p, new_states in zip(entries, ps, sts):
-                at = (*sg.at, ...)  # unique positions after coalescing: plain assignment is exact
-                p[at] = new_p
-                for target, value in zip(arrays, new_states):
-                    target[at] = value
+        # Gather the touched entries into fresh arrays and update those, one
+        # backend call per bucket, for every bucket before writing any back:
+        # what can fail (a temporary, a compile) fails with nothing written.
+        # Floating-point error signalling is off, as in Optimizer.step.
+        scatters = []
+        with np.errstate(all="ignore"):
+            for (gi, step, *_), (static, xp, entries) in buckets.items():
+                ps, gs, sts = [], [], []
+                for p, sg, arrays in entries:
+                    ps.append(_gathered(xp, p, sg.at))
+                    gs.append(sg.values)
+                    sts.append([_gathered(xp, a, sg.at) for a in arrays])
+                backend_for(xp, self.backend).run(type(self).rule, static, scalars_of[(gi, step)], ps, gs, sts, xp)
+                scatters.append((entries, ps, sts))
+            for entries, ps, sts in scatters:
+                for (p, sg, arrays), new_p, new_states in zip(entries, ps, sts):
+                    at = (*sg.at, ...)  # unique positions after coalescing: plain assignment is exact
+                    p[at] = new_p
+                    for target, value in zip(arrays, new_states):
+                        target[at] = value
         for p, new_arrays, step in commits:
             state = self.state[p]
             state.update(new_arrays)
@@ -270,7 +282,7 @@ class SparseAdam(Optimizer):
             raise TypeError(
                 f"grads must be a list with one sparse gradient (or None) per parameter, got {type(grads).__name__}"
             ) from None
-        params = self.parameters
+        params = self._checked_params()
         if len(grads) != len(params):
             hint = " (a single (indices, values) pair goes in a list: [(indices, values)])" if (
                 len(grads) == 2 and all(is_array(g) for g in grads)) else ""

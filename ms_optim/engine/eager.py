@@ -13,17 +13,24 @@ Two details keep it identical to a traced rule:
   float32 math to float64.
 * float16 (and bfloat16) storage is computed in float32, the compute dtype a
   CUDA kernel uses, and rounded once when written back.
+
+A step is all-or-nothing (:class:`StepWrites`): inside an optimizer step,
+eager writes of a classic rule are held back until every tensor of every
+bucket is computed, and other writes to persistent arrays (a staged
+algorithm's, or an array a compiled kernel is about to overwrite) are
+journaled, so a step that raises half-way puts back what it wrote.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+import contextvars
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .layout import Layout
-from .namespace import is_array
+from .namespace import array_namespace, is_array
 from .tracer import _PY_OPS, SYMBOLIC_XP_FUNCTIONS
 
-__all__ = ["RuleNamespace", "compute_dtype", "run_eager", "EagerBackend"]
+__all__ = ["EagerBackend", "RuleNamespace", "StepWrites", "assign", "compute_dtype", "run_eager"]
 
 
 _PY_NUMBER_TYPES = (int, float, bool)
@@ -59,6 +66,102 @@ class RuleNamespace:
         raise AttributeError(
             f"xp.{name} is not available to a rule; it may use {', '.join(SYMBOLIC_XP_FUNCTIONS)}"
         )
+
+
+#: the :class:`StepWrites` of the optimizer step running in this thread (or task), if any
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("ms_optim_step_writes", default=None)
+
+
+class StepWrites:
+    """The writes one optimizer step makes outside compiled kernels, so that a failed step changes nothing.
+
+    A step is active (``with writes:``) while its buckets run. Then:
+
+    * ``defer=True`` (a classic rule: no array is read after it is written in
+      the same step): :func:`run_eager` and :func:`assign` only record
+      ``(target, value)``; :meth:`commit` writes them all once every tensor is
+      computed. Nothing is copied: the values were computed anyway.
+    * ``defer=False`` (a staged algorithm reads what an earlier stage wrote):
+      a write to a *persistent* array (a parameter or a state array, as
+      ``persistent()`` lists them; not a stage's temporary) first saves a copy
+      of its old contents, once per array per step.
+
+    :meth:`save` journals an array explicitly: the optimizer calls it for the
+    arrays a compiled kernel will overwrite, when something that may still
+    fail comes after that kernel in the step. :meth:`undo` puts every saved
+    array back, newest first. Setting an array's elements to same-dtype,
+    same-shape values (``commit``, ``undo``) cannot fail, so neither can
+    leave the step half-done.
+    """
+
+    def __init__(self, *, defer: bool, persistent: Callable[[], Iterable] | None = None):
+        self.defer = defer
+        self._persistent = persistent
+        self._persistent_ids: set[int] | None = None
+        self._deferred: list[tuple[Any, Any]] = []
+        self._saved: list[tuple[Any, Any]] = []
+        self._saved_ids: set[int] = set()
+        self._token = None
+
+    def __enter__(self):
+        self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, *exc):
+        _ACTIVE.reset(self._token)
+        return False
+
+    def _is_persistent(self, target) -> bool:
+        if self._persistent is None:
+            return True
+        if self._persistent_ids is None:  # built on the first eager write: compiled steps never pay
+            self._persistent_ids = {id(a) for a in self._persistent()}
+        return id(target) in self._persistent_ids
+
+    def write(self, target, value) -> None:
+        """``target[...] = value``, deferred or journaled as the step needs."""
+        if self.defer:
+            self._deferred.append((target, value))
+            return
+        if self._is_persistent(target):
+            self.save(target)
+        target[...] = value
+
+    def save(self, target) -> None:
+        """Keep a copy of ``target``'s contents (once per step) for :meth:`undo`."""
+        key = id(target)
+        if key in self._saved_ids:
+            return
+        old = array_namespace(target).asarray(target, copy=True)
+        self._saved.append((target, old))
+        self._saved_ids.add(key)
+
+    def commit(self) -> None:
+        """Make the deferred writes (after every tensor of the step was computed)."""
+        deferred, self._deferred = self._deferred, []
+        for target, value in deferred:
+            target[...] = value
+
+    def undo(self) -> None:
+        """Put back every journaled array and drop the deferred writes."""
+        self._deferred = []
+        saved, self._saved = self._saved, []
+        for target, old in reversed(saved):
+            target[...] = old
+        self._saved_ids.clear()
+
+
+def assign(target, value) -> None:
+    """``target[...] = value`` for a tensor stage's write into a parameter or state array.
+
+    Inside an optimizer step the write is journaled (or deferred), so the step
+    stays all-or-nothing; outside one it is a plain assignment.
+    """
+    writes = _ACTIVE.get()
+    if writes is None:
+        target[...] = value
+    else:
+        writes.write(target, value)
 
 
 def compute_dtype(xp, dtype):
@@ -98,10 +201,16 @@ def run_eager(
     if len(results) != n_outputs:
         raise TypeError(f"rule {rule.__name__} returned {len(results)} values, expected {n_outputs}")
     targets = [arrays[0], *arrays[2:]] if layout is None else [arrays[w] for w in layout.writes]
-    for target, value in zip(targets, results):
-        if is_array(value) and value.dtype != target.dtype:
-            value = xp.astype(value, target.dtype)
-        target[...] = value
+    # every output is cast before the first is written: a cast that fails
+    # (MemoryError) must not leave this tensor's first outputs written
+    values = [xp.astype(v, t.dtype) if is_array(v) and v.dtype != t.dtype else v
+              for t, v in zip(targets, results)]
+    writes = _ACTIVE.get()
+    for target, value in zip(targets, values):
+        if writes is None:
+            target[...] = value
+        else:
+            writes.write(target, value)
 
 
 class EagerBackend:

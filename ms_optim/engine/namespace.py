@@ -65,7 +65,9 @@ def is_real_floating(xp, dtype) -> bool:
 
 
 def is_writeable(x) -> bool:
-    """False for arrays whose memory we may not write (read-only NumPy views)."""
+    """False for arrays whose memory we may not write (read-only NumPy views, NumPy scalars)."""
+    if isinstance(x, np.generic):
+        return False
     flags = getattr(x, "flags", None)
     if flags is not None and array_api_compat.is_numpy_array(x):
         return bool(flags.writeable)
@@ -93,6 +95,8 @@ def to_namespace(value, like):
         src_xp = array_namespace(value)
         if src_xp is not xp:
             value = _to_host(value, src_xp)
+        elif device(value) != device(like):  # same namespace, another device: move it there
+            value = array_api_compat.to_device(value, device(like))
     return xp.asarray(value, dtype=like.dtype, device=device(like), copy=True)
 
 
@@ -105,5 +109,36 @@ def _to_host(value, src_xp):
     # DLPack is the standard route for the rest.
     try:
         return np.asarray(value)
-    except TypeError:
+    except (TypeError, RuntimeError, ValueError, BufferError):
+        pass
+    try:
         return np.from_dlpack(value)
+    except (TypeError, RuntimeError, ValueError, BufferError, AttributeError):
+        pass
+    # on another device (array-api-strict's 'device1', a torch CUDA tensor):
+    # move it to the namespace's host device first
+    host = _host_device(src_xp)
+    if host is not None:
+        try:
+            moved = array_api_compat.to_device(value, host)
+        except Exception:
+            moved = None
+        if moved is not None:
+            return np.asarray(moved)
+    raise TypeError(
+        f"cannot copy an array of {getattr(src_xp, '__name__', src_xp)} on device {device(value)} to the host"
+    )
+
+
+def _host_device(xp):
+    """The namespace's CPU device (its default device when it names none 'cpu')."""
+    try:
+        info = xp.__array_namespace_info__()
+        devices = list(info.devices())
+        default = info.default_device()
+    except Exception:
+        return None
+    for d in devices:
+        if "cpu" in str(d).lower():
+            return d
+    return default
