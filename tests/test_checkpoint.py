@@ -275,8 +275,6 @@ def test_numpy_scalars_and_non_finite_values_round_trip(tmp_path):
     assert isinstance(back["arr"], np.ndarray) and back["arr"].tolist() == [1.0, 2.0]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="Optimizer.state_dict/load_state_dict copy a NumPy scalar hyper-parameter "
-                   "into a 0-d array (optimizer._detached; issue 9, item 2)")
 def test_numpy_scalar_hyper_parameters_keep_their_type(tmp_path):
     w = np.ones(3)
     opt = algorithms.AdamW([w], lr=np.float32(0.01))
@@ -468,7 +466,6 @@ DOMAIN = [
 ]
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="optimizer.load_state_dict does not check state values yet (issue 9, item 4)")
 @pytest.mark.parametrize("change", [c[1] for c in DOMAIN], ids=[c[0] for c in DOMAIN])
 def test_state_outside_its_domain_is_refused(saved, tmp_path, change):
     bad = tmp_path / "bad.ckpt"
