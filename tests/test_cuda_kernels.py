@@ -46,6 +46,7 @@ import numpy as np
 import pytest
 
 from ms_optim.algorithms.schedule_free_adamw import schedule_free_adamw_rule
+from ms_optim.algorithms.sparse_adam import sparse_adam_rule
 from ms_optim.averaging import lerp_rule, swa_rule
 from ms_optim.engine import BACKENDS, register_backend
 from ms_optim.engine.cuda_codegen import (
@@ -202,6 +203,11 @@ EXTRA = [
     KernelCase("exact_ops", exact_ops_rule, (), (("a", 0.3), ("b", 0.25)), 1),
     KernelCase("transcendental", transcendental_rule, (), (("a", 0.3), ("b", 0.25)), 2),
     KernelCase("max_min", max_min_rule, (), (), 1),
+    # SparseAdam's rule (on the gathered rows; its sparse gradients keep it out of the table)
+    *(KernelCase(f"sparse_adam-{'maximize' if maximize else 'plain'}", sparse_adam_rule,
+                 (("maximize", maximize),),
+                 (("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8), ("step_size", 1e-3 * (1 - 0.999**3) ** 0.5 / (1 - 0.9**3))),
+                 2) for maximize in (False, True)),
     # kernels outside an optimizer's step: schedule-free's train/eval swap and
     # AveragedParams' EMA (lerp, both of torch's formulas) and SWA mean
     KernelCase("lerp", lerp_rule, (("lerp_from_end", False),), (("weight", -1 / 9),), 0),

@@ -560,3 +560,30 @@ def test_a_killed_saves_temporaries_are_cleaned_by_the_next_save(capsys, tmp_pat
     code, out, err = _cli(capsys, *FAST, "--quiet", "--save", str(tmp_path / "ck.ckpt"))
     assert code == 0, err
     assert sorted(os.listdir(tmp_path)) == ["ck.ckpt", "notes.tmp"]
+
+
+def test_clip_grad_norm_clips_every_step_and_resumes(tmp_path, capsys, monkeypatch):
+    import ms_optim.demo.train as train_module
+
+    norms = []
+    real = train_module.clip_grad_norm_
+
+    def recording(grads, max_norm):
+        total = real(grads, max_norm)
+        after = float(np.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in grads)))
+        norms.append((float(total), after, max_norm))
+        return total
+
+    monkeypatch.setattr(train_module, "clip_grad_norm_", recording)
+    path = tmp_path / "run.ckpt"
+    code, out, err = _cli(capsys, *FAST, "--clip-grad-norm", "0.05", "--until", "10", "--save", str(path))
+    assert code == 0, err
+    assert len(norms) == 10 and all(m == 0.05 for _, _, m in norms)
+    assert any(total > 0.05 for total, _, _ in norms), "the norms never exceeded the cap: the test shows nothing"
+    for total, after, cap in norms:  # the cap holds after clipping, and smaller norms are left alone
+        assert after <= cap * (1 + 1e-5) if total > cap else abs(after - total) <= 1e-5 * total
+    code, out, err = _cli(capsys, *FAST, "--clip-grad-norm", "0.05", "--resume", str(path))
+    assert code == 0, err
+    assert len(norms) == 40  # the resumed run clips too: its config came from the checkpoint
+    code, out, err = _cli(capsys, *FAST, "--clip-grad-norm", "-1")
+    assert code != 0 and "--clip-grad-norm" in err

@@ -187,13 +187,14 @@ def _checked_config(saved, fail, TrainConfig, DTYPES):
     names = [f.name for f in fields(TrainConfig)]
     if not isinstance(saved, dict):
         raise fail(f"field 'config' must be a dict, got {type(saved).__name__}")
-    missing = [n for n in names if n not in saved]
+    # clip_grad_norm is newer than the first checkpoints: absent means no clipping
+    missing = [n for n in names if n not in saved and n != "clip_grad_norm"]
     unknown = sorted(str(k) for k in saved if k not in names)
     if missing:
         raise fail(f"config lacks {', '.join(missing)}")
     if unknown:
         raise fail(f"config has unknown field(s) {', '.join(unknown)}")
-    c = dict(saved)
+    c = {"clip_grad_norm": None, **saved}
 
     def need(ok, field, what):
         if not ok:
@@ -213,6 +214,9 @@ def _checked_config(saved, fail, TrainConfig, DTYPES):
     need(isinstance(hidden, (list, tuple)) and 0 < len(hidden) <= 16 and all(_is_int(h) and 1 <= h <= _MAX_WIDTH for h in hidden),
          "hidden", f"a list of 1 to 16 layer widths in [1, {_MAX_WIDTH}]")
     need(c["dtype"] in DTYPES, "dtype", f"one of {', '.join(DTYPES)}")
+    need(c["clip_grad_norm"] is None or (_is_number(c["clip_grad_norm"]) and math.isfinite(c["clip_grad_norm"])
+                                         and c["clip_grad_norm"] > 0), "clip_grad_norm", "a positive number or null")
+    c["clip_grad_norm"] = None if c["clip_grad_norm"] is None else float(c["clip_grad_norm"])
     c["optimizer"] = c["optimizer"].lower()
     c["hidden"] = tuple(int(h) for h in hidden)
     c["lr"] = None if c["lr"] is None else float(c["lr"])

@@ -25,7 +25,8 @@ PROG = "ms-optim demo"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 # Options that decide a run's numbers; on --resume they come from the checkpoint.
-CONFIG_OPTIONS = ("optimizer", "lr", "scheduler", "steps", "warmup", "batch_size", "seed", "hidden", "dtype")
+CONFIG_OPTIONS = ("optimizer", "lr", "scheduler", "steps", "warmup", "batch_size", "seed", "hidden", "dtype",
+                  "clip_grad_norm")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, metavar="N", help=f"training steps, the schedule's length (default {d.steps})")
     p.add_argument("--batch-size", type=_positive_int, metavar="N", help=f"minibatch size (default {d.batch_size})")
     p.add_argument("--hidden", type=_hidden, metavar="W[,W...]", help=f"hidden layer widths (default {','.join(map(str, d.hidden))})")
+    p.add_argument("--clip-grad-norm", type=_lr, metavar="MAX",
+                   help="clip the gradients' global 2-norm to MAX before each step (default: no clipping)")
     p.add_argument("--dtype", choices=DTYPES, help=f"parameter and data dtype (default {d.dtype})")
     p.add_argument("--seed", type=_non_negative_int, help=f"seed for the split, the initial weights and the batches (default {d.seed})")
     p.add_argument("--device", choices=DEVICES, default="auto", help="cpu (NumPy), gpu (CuPy) or auto: the GPU when CuPy sees one (default auto)")

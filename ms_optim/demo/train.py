@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..clipping import clip_grad_norm_
 from . import choices, mlp
 from .data import N_CLASSES, N_FEATURES, BatchSampler, Dataset, load_dataset
 from .errors import DemoError
@@ -36,6 +37,8 @@ class TrainConfig:
     seed: int = 0
     hidden: tuple[int, ...] = (128,)
     dtype: str = "float32"
+    #: clip the gradients' global 2-norm to this before each step (ms_optim.clip_grad_norm_); None: no clipping
+    clip_grad_norm: float | None = None
 
     def validate(self, name=None, fail=DemoError) -> None:
         """Raise ``fail(message)`` naming the first bad field.
@@ -48,6 +51,8 @@ class TrainConfig:
         choices.optimizer_class(self.optimizer)
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise fail(f"{name('lr')} must be a positive number, got {self.lr}")
+        if self.clip_grad_norm is not None and not (math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0):
+            raise fail(f"{name('clip_grad_norm')} must be a positive number, got {self.clip_grad_norm}")
         if self.scheduler not in choices.SCHEDULERS:
             raise fail(f"unknown scheduler {self.scheduler!r}; choose from {', '.join(choices.SCHEDULERS)}")
         if self.steps < 1:
@@ -143,6 +148,8 @@ class Run:
                     xb = xp.take(data.x_train, idx, axis=0)
                     yb = xp.take(data.y_train, idx, axis=0)
                     loss, grads = mlp.loss_and_grads(self.params, xb, yb, xp)
+                    if self.config.clip_grad_norm is not None:
+                        clip_grad_norm_(grads, self.config.clip_grad_norm)
                     lr = self.lr
                     self.optimizer.step(grads)
                     if self.scheduler is not None:

@@ -4,6 +4,25 @@ Backends are chosen per array namespace by :func:`backend_for`. Only the eager
 backend is imported eagerly; a compiled backend registers a loader here and is
 imported the first time an optimizer asks for it, so ``import ms_optim`` never
 imports CuPy or numba.
+
+The contract between an algorithm and a backend:
+
+* a *rule* is an element-wise function over array math (:mod:`.tracer` says
+  what it may do). A backend runs it over a bucket of tensors in one pass:
+  ``run(rule, static, scalars, params, grads, states, xp)`` for the classic
+  ``rule(p, g, *state) -> (p, *state)``, and
+  ``run_stage(rule, static, scalars, layout, tensors, xp)`` for any
+  :class:`~.layout.Layout`: which full arrays are read and written in place,
+  and which operands (0-d per-tensor values, or arrays broadcasting along one
+  run of axes) are read from device memory. eager calls the rule on real
+  arrays; cpu (numba) and cuda (CuPy) trace it once into one fused loop or
+  multi-tensor kernel per (rule, static configuration, layout, dtype).
+* *tensor-level stages* (:mod:`.stages`) are what an algorithm does between
+  element-wise passes: Array API code over whole tensors (reductions, norms,
+  matrix products) run by the arrays' own namespace, whose results stay
+  arrays on the device and enter the next pass as operands. An algorithm that
+  needs them overrides ``Optimizer.update(t)``; the rest keep one rule and one
+  pass. Backends never name an algorithm.
 """
 
 from __future__ import annotations
