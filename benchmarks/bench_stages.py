@@ -81,6 +81,7 @@ class _Torch:
 def _impls(algo):
     impls = {"ms_optim eager (NumPy)": lambda a, p, g: _Ours(a, p, g, "eager"),
              "ms_optim cpu (numba)": lambda a, p, g: _Ours(a, p, g, "cpu"),
+             "ms_optim default (auto)": lambda a, p, g: _Ours(a, p, g, None),
              "torch single-tensor": lambda a, p, g: _Torch(a, p, g, False)}
     if algo == "adafactor":
         impls["torch foreach=True"] = lambda a, p, g: _Torch(a, p, g, True)

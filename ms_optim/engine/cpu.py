@@ -177,9 +177,11 @@ def emit_body(graph: Graph, T: str, indent: str = "        ",
 
     Full-array inputs are read from ``x0[i], x1[i], ...`` through ``LOAD(...)``;
     a ``"scalar"`` operand ``k`` is the local ``x{k}v`` (loaded once per row)
-    and a ``"bcast"`` operand ``k`` is read at ``((i0 + i) // b{k}) * n{k} +
-    (i0 + i) % n{k}`` (``i0`` the row's first element in its tensor, ``n{k}``
-    its inner size, ``b{k}`` inner times span). Hoisted scalars are the locals
+    and a ``"bcast"`` operand ``k`` is read at ``q{k} * n{k} + r{k}``, with
+    ``q{k} = e // b{k}`` and ``r{k} = e % n{k}`` for the element's index ``e``
+    in its tensor (``n{k}`` its inner size, ``b{k}`` inner times span), kept
+    by counters that :func:`emit_source` advances after each element: two
+    integer divisions per element and operand cost more than the update. Hoisted scalars are the locals
     ``h0, h1, ...``, and output ``k`` is stored into ``x{layout.writes[k]}``
     (classic: ``x0`` for the parameter, ``x{k+1}`` for state ``k``) through
     ``STORE(...)``; the caller substitutes LOAD/STORE for the storage dtype.
@@ -219,7 +221,7 @@ def emit_body(graph: Graph, T: str, indent: str = "        ",
             elif layout.operands[k - layout.n_arrays] == "scalar":
                 expr = f"x{k}v"
             else:
-                expr = f"LOAD(x{k}[((i0 + i) // b{k}) * n{k} + (i0 + i) % n{k}])"
+                expr = f"LOAD(x{k}[q{k} * n{k} + r{k}])"
         elif op == "neg":
             expr = f"-{ref(a[0])}"
         elif op == "abs":
@@ -377,6 +379,7 @@ def emit_source(graph: Graph, storage: str, *, rule_name: str = "rule", static: 
         if k in read_inputs or k in written
     ]
     columns = table_columns(layout)
+    advance: list[str] = []
     if layout.operands:
         views.append(f"        i0 = table[r, {columns['start']}]")
     for j, kind in enumerate(layout.operands):
@@ -391,6 +394,18 @@ def emit_source(graph: Graph, storage: str, *, rule_name: str = "rule", static: 
                 f"        x{k} = carray(_ptr(table[r, 1 + {k}]), table[r, {size}])",
                 f"        n{k} = table[r, {inner}]",
                 f"        b{k} = table[r, {block}]",
+                f"        q{k} = i0 // b{k}",  # the divisions once per row; counters per element
+                f"        r{k} = i0 % n{k}",
+                f"        c{k} = i0 % b{k}",
+            ]
+            advance += [
+                f"            r{k} += 1",
+                f"            if r{k} == n{k}:",
+                f"                r{k} = 0",
+                f"            c{k} += 1",
+                f"            if c{k} == b{k}:",
+                f"                c{k} = 0",
+                f"                q{k} += 1",
             ]
     hoisted = [f"    h{k} = h[{k}]" for k in sorted(_hoisted_reads(graph, live))]
     return _HEADER.format(
@@ -405,7 +420,7 @@ def emit_source(graph: Graph, storage: str, *, rule_name: str = "rule", static: 
         views="\n".join(views) or "        pass",
         hoisted="\n".join(hoisted),
         body="\n".join(body) or "            pass",
-        stores="\n".join(stores),
+        stores="\n".join(stores + advance),
     )
 
 
@@ -938,7 +953,10 @@ class AutoCpuBackend:
 
     def run_stage(self, rule, static, scalars, layout: Layout, tensors, xp) -> None:
         cpu = self.cpu
-        if tensors:
+        # A broadcast operand's index keeps the loop from vectorising, and NumPy's
+        # broadcasting SIMD loops came out ahead (benchmarks/bench_stages.py, Adafactor):
+        # such stages run eagerly unless backend='cpu' is asked for by name.
+        if tensors and "bcast" not in layout.operands:
             storage = np.dtype(tensors[0][0].dtype).name
             key = cpu.kernel_key(rule, static, scalars.keys(), layout, storage)
             kernel = cpu._kernels.get(key)
