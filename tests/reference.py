@@ -311,6 +311,9 @@ def adafactor(p, g, state, hp):
 
 def muon(p, g, state, hp):
     """torch.optim.Muon's documented algorithm, the Newton–Schulz iteration in float64."""
+    if p.size == 0:  # nothing to orthogonalise or move (torch would divide by a zero dimension)
+        state.setdefault("momentum_buffer", np.zeros_like(p))
+        return p
     lr, wd, mu = hp["lr"], hp["weight_decay"], hp["momentum"]
     a, b, c = hp["ns_coefficients"]
     buf = state.get("momentum_buffer", np.zeros_like(p))

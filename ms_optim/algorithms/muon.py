@@ -158,8 +158,11 @@ class Muon(Optimizer):
             raise ValueError(f"weight decay should be >= 0 but is: {weight_decay}")
         check_bool("nesterov", group["nesterov"])
         coefficients = group["ns_coefficients"]
-        if not isinstance(coefficients, (tuple, list)) or len(coefficients) != 3:
-            raise ValueError(f"Coefficients must be a tuple of exactly 3 values, got {coefficients!r}")
+        if not isinstance(coefficients, (tuple, list)):
+            raise TypeError(f"ns_coefficients must be a tuple of 3 numbers, got {type(coefficients).__name__}: "
+                            f"{coefficients!r}")
+        if len(coefficients) != 3:  # torch's words, and the argument's name
+            raise ValueError(f"Coefficients must be a tuple of exactly 3 values: ns_coefficients={coefficients!r}")
         for i, c in enumerate(coefficients):
             if not math.isfinite(check_real(f"ns_coefficients[{i}]", c)):
                 raise ValueError(f"ns_coefficients[{i}] must be finite, got {c}")
@@ -172,7 +175,10 @@ class Muon(Optimizer):
         if int(steps) != steps or steps < 0:
             raise ValueError(f"ns_steps must be a non-negative whole number, got {steps}")
         if steps >= 100:
-            raise ValueError("Number of steps must be less than 100 for computational efficiency")
+            raise ValueError(f"Number of steps must be less than 100 for computational efficiency: ns_steps={steps}")
+        fn = group["adjust_lr_fn"]
+        if fn is not None and not isinstance(fn, str):
+            raise TypeError(f"adjust_lr_fn must be None or a string, got {type(fn).__name__}: {fn!r}")
         if group["adjust_lr_fn"] not in ADJUST_LR_FNS:
             raise ValueError(f"Adjust learning rate function {group['adjust_lr_fn']} is not supported")
         for i, p in enumerate(group.get("params", ())):

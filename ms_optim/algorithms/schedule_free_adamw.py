@@ -214,7 +214,9 @@ class ScheduleFreeAdamW(Optimizer):
             Nothing is changed.
         """
         for i, group in enumerate(self.param_groups):
-            if group.get("train_mode") is not True:
+            if "train_mode" in group:  # a mode that is no bool is a bad value, not eval mode
+                check_bool(f"param_groups[{i}]['train_mode']", group["train_mode"])
+            if not group.get("train_mode"):
                 raise RuntimeError(
                     f"Optimizer was not in train mode when step is called (param_groups[{i}]['train_mode'] "
                     f"is {group.get('train_mode')!r}). Please insert .train() and .eval() calls on the "
