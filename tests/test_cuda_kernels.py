@@ -794,3 +794,20 @@ def test_nvrtc_reports_a_broken_body():
 
 def test_compute_types_cover_the_tested_dtypes():
     assert set(DTYPES) <= set(COMPUTE_TYPES)
+
+
+def test_an_argument_the_rule_never_reads_is_not_bound_in_the_kernel():
+    """NVRTC warns of a declared, unreferenced variable: an unread read-only array is left unbound."""
+
+    def ignores_g(p, g, *, a, xp):
+        return p * a
+
+    ks = kernel_source(ignores_g, {}, ["a"], Layout(2, (0,)), "float32")
+    assert "g_ptr" not in ks.multi_tensor_source and "g_arg" not in host_source(ks).split("{", 1)[1]
+    assert "p_ptr" in ks.multi_tensor_source
+    cupy, reason = _cupy_compiler()
+    if cupy is None:
+        pytest.skip(reason)
+    with _compile_as_cupy_for(ARCH):
+        build = _cupy_compile(ks.multi_tensor_source, NVRTC_OPTIONS, prepend_cupy_headers=False)
+    assert build.ok and "warning" not in build.log.lower(), build.log

@@ -375,7 +375,7 @@ def _multi_tensor_source(name, storage, compute, raw_storage, layout: Layout, sc
         layout,
         lambda role: f"ptrs[{role} * n_tensors + tensor]",
         lambda j, k: f"bcast[2 * ({j} * n_tensors + tensor) + {k}]",
-        "start", "i",
+        "start", "i", _referenced(body, layout.names()),
     )
     # The index within a chunk is a 32-bit int: 64-bit loop indices cost
     # registers, and at 512 threads ptxas then spilled around the IEEE division.
@@ -415,8 +415,14 @@ def pointer_table(addresses: Sequence[Sequence[int]]) -> np.ndarray:
     return np.asarray(addresses, dtype=np.uint64).T.reshape(-1).view(np.int64)
 
 
+def _referenced(body: str, names) -> set[str]:
+    """The argument names ``body`` reads or writes (an argument it never names is not bound:
+    NVRTC warns of a declared, unreferenced variable)."""
+    return {a for a in names if re.search(rf"\b{a}\b", body)}
+
+
 def _operand_access(layout: Layout, address: Callable[[int], str], bcast_entry: Callable[[int, int], str],
-                    start: str, element: str):
+                    start: str, element: str, used: set[str] | None = None):
     """(set-up lines, per-element lines) binding each argument name to its element.
 
     ``address(role)`` is the C expression of an argument's base address,
@@ -428,6 +434,9 @@ def _operand_access(layout: Layout, address: Callable[[int], str], bcast_entry: 
     setup, refs = [], []
     j = 0
     for role, a in enumerate(names):
+        if used is not None and a not in used:
+            j += role >= layout.n_arrays and layout.operands[role - layout.n_arrays] == "bcast"
+            continue
         if role < layout.n_arrays:
             const = "" if role in layout.writes else "const "
             setup.append(f"{const}P* const {a}_ptr = ({const}P*)({address(role)}){' + ' + start if start else ''};")
@@ -466,6 +475,7 @@ def host_source(source: KernelSource, name: str | None = None) -> str:
     args += [f"{source.compute} {s}" for s in source.scalar_params]
     setup, refs = _operand_access(
         layout, lambda role: f"{source.arrays[role]}_arg", lambda j, k: f"bcast[{2 * j + k}]", "", "i",
+        _referenced(source.body, source.arrays),
     )
     return "\n".join(
         [
