@@ -281,6 +281,12 @@ class Optimizer:
         The default is the classic single fused pass: :attr:`rule` over
         ``(p, g, *state)``, writing ``p`` and the state in place. An algorithm
         that needs tensor-level stages overrides this.
+
+        For a failed step to change nothing, an override writes parameters
+        and state in its last element-wise pass only, and a tensor stage
+        writes them through :func:`ms_optim.engine.eager.assign` (which the
+        step can undo): the last bucket's compiled passes are not journaled,
+        so nothing that can fail may come after them.
         """
         keys = tuple(t.state)
         t.elementwise(type(self).rule, [t.p, t.g, *(t.state[k] for k in keys)],
@@ -374,11 +380,12 @@ class Optimizer:
           fallback) go through :class:`~ms_optim.engine.eager.StepWrites`:
           a classic rule's are held back until every bucket is computed; a
           staged algorithm's writes to parameters and state are journaled;
-        * a compiled kernel cannot fail once launched, but a later bucket
-          may (its first compile, a warning turned into an error): until every
-          kind of bucket in the step has run once in this optimizer, the
-          arrays a compiled bucket writes are journaled first. In steady
-          state nothing is copied;
+        * a compiled kernel cannot fail once launched, but a later bucket may
+          (its first compile, a MemoryError in an eager fallback or a tensor
+          stage, a warning turned into an error). So buckets run smallest
+          first, and the arrays every compiled bucket but the last writes are
+          journaled first: a step of one bucket copies nothing, and one of
+          several copies all but its largest bucket;
         * NumPy's floating-point error signalling is off inside the step, so
           an overflow gives inf as the compiled kernels do, whatever
           ``np.seterr`` or ``-W error`` say.
@@ -387,15 +394,9 @@ class Optimizer:
         run = []
         for (gi, xp, dtype, p_keys, _), entries in buckets.items():
             _, _, _, scalars, static, _ = entries[0]
-            backend = backend_for(xp, self.backend)
-            kind = (getattr(backend, "name", type(backend).__name__), xp.__name__, str(dtype), p_keys,
-                    tuple(sorted(static.items())), tuple(sorted(scalars)), len(entries))
-            run.append((gi, xp, p_keys, entries, scalars, static, backend, kind))
-        warm = self.__dict__.setdefault("_warm_buckets", set())
-        # cold[i]: a bucket from i on has not yet run here (its first run may still fail)
-        cold = [False] * (len(run) + 1)
-        for i in range(len(run) - 1, -1, -1):
-            cold[i] = cold[i + 1] or run[i][7] not in warm
+            run.append((gi, xp, p_keys, entries, scalars, static, backend_for(xp, self.backend)))
+        # smallest first: what is journaled below (every compiled bucket but the last) is least
+        run.sort(key=lambda r: sum(math.prod(e[0].shape) for e in r[3]))
 
         def persistent():  # the arrays that outlive the step: parameters and state
             for r in run:
@@ -406,8 +407,8 @@ class Optimizer:
         writes = StepWrites(defer=not staged, persistent=persistent)
         try:
             with writes, np.errstate(all="ignore"):
-                for i, (gi, xp, p_keys, entries, scalars, static, backend, _) in enumerate(run):
-                    if cold[i + 1] and not isinstance(backend, EagerBackend):
+                for i, (gi, xp, p_keys, entries, scalars, static, backend) in enumerate(run):
+                    if i < len(run) - 1 and not isinstance(backend, EagerBackend):
                         for e in entries:
                             writes.save(e[0])
                             for a in e[2]:
@@ -425,7 +426,6 @@ class Optimizer:
             with np.errstate(all="ignore"):
                 writes.undo()
             raise
-        warm.update(r[7] for r in run)
 
     def _check_group_keys(self) -> None:
         """Every group still has its parameter list and every hyper-parameter (a user may edit groups)."""

@@ -247,16 +247,46 @@ def test_a_compiled_bucket_failing_after_another_was_written_changes_nothing(mon
     assert fingerprint(opt) == fingerprint(clean)
 
 
-def test_steady_state_compiled_steps_copy_nothing(monkeypatch):
-    _cpu_backend()
-    params = _params()
-    opt = _two_groups(ms_optim.AdamW, params, lr=0.1, backend="cpu")
-    opt.step(_grads(params, 0))  # every bucket kind has run once
+def _recording_saves(monkeypatch) -> list:
     saved = []
     real = eager_mod.StepWrites.save
     monkeypatch.setattr(eager_mod.StepWrites, "save", lambda self, a: (saved.append(a), real(self, a)))
+    return saved
+
+
+def test_a_compiled_step_journals_all_but_its_largest_bucket(monkeypatch):
+    _cpu_backend()
+    params = _params()
+    one = ms_optim.AdamW([p.copy() for p in params], lr=0.1, backend="cpu")  # one group: one bucket
+    one.step(_grads(one.parameters, 0))
+    saved = _recording_saves(monkeypatch)
+    one.step(_grads(one.parameters, 1))
+    assert saved == [], "a step of one compiled bucket copies nothing"
+    opt = _two_groups(ms_optim.AdamW, params, lr=0.1, backend="cpu")
+    opt.step(_grads(params, 0))
+    saved.clear()
     opt.step(_grads(params, 1))
-    assert saved == []
+    sizes = [sum(p.size for p in g["params"]) for g in opt.param_groups]
+    small = opt.param_groups[sizes.index(min(sizes))]["params"]
+    journaled = {id(a) for a in saved}
+    assert {id(p) for p in small} <= journaled, "the smaller bucket, run first, is journaled"
+    large = opt.param_groups[sizes.index(max(sizes))]["params"]
+    assert not {id(p) for p in large} & journaled, "the largest bucket runs last and is not copied"
+
+
+def test_a_warm_step_failing_in_its_last_bucket_changes_nothing(monkeypatch):
+    """After every bucket has run once, a failure in the last bucket still undoes the first's writes."""
+    backend = _cpu_backend()
+    params = _params()
+    opt = _two_groups(ms_optim.AdamW, params, lr=0.1, backend="cpu")
+    opt.step(_grads(params, 0))
+    opt.step(_grads(params, 1))  # warm: every kernel built, every bucket run
+    before = fingerprint(opt)
+    with monkeypatch.context() as m:
+        _fail_on_call(m, type(backend), "run_kernel", 2)
+        with pytest.raises(Boom):
+            opt.step(_grads(params, 2))
+    assert fingerprint(opt) == before
 
 
 def test_auto_cpu_compile_warning_as_error_changes_nothing(monkeypatch):
@@ -722,3 +752,31 @@ def test_random_invalid_inputs_are_refused_and_change_nothing(data):
 def test_soak_profile_is_selected_by_the_environment():
     assert PROFILE.max_examples == (1500 if SOAK else 12)
     assert math.isfinite(PROFILE.max_examples)
+
+
+def _warm_adafactor():
+    opt = ms_optim.Adafactor(_params(), lr=0.1, backend="cpu")  # a bucket per shape (its RMS scale differs)
+    opt.step(_grads(opt.parameters, 0))
+    opt.step(_grads(opt.parameters, 1))  # warm: every kernel built, every bucket run
+    return opt
+
+
+def test_a_warm_adafactor_step_makes_four_fused_passes(monkeypatch):
+    backend = _cpu_backend()
+    opt = _warm_adafactor()
+    calls = _fail_on_call(monkeypatch, type(backend), "run_kernel", 0)  # counts, never fails
+    opt.step(_grads(opt.parameters, 2))
+    assert calls["n"] == 8, "two fused passes for each of the four buckets: the injections below hit each pass"
+
+
+@pytest.mark.parametrize("failing_call", range(2, 9))
+def test_a_warm_staged_step_failing_in_a_later_bucket_changes_nothing(monkeypatch, failing_call):
+    """Earlier buckets of a warm Adafactor step have written; then a later pass fails."""
+    backend = _cpu_backend()
+    opt = _warm_adafactor()
+    before = fingerprint(opt)
+    with monkeypatch.context() as m:
+        _fail_on_call(m, type(backend), "run_kernel", failing_call)
+        with pytest.raises(Boom):
+            opt.step(_grads(opt.parameters, 2))
+    assert fingerprint(opt) == before
