@@ -7,16 +7,10 @@ import math
 from ..checks import check_bool, check_real
 from ..engine.eager import assign
 from ..engine.namespace import array_namespace, device
+from ..averaging import lerp_rule  # torch's lerp, both of its formulas
 from ..optimizer import Optimizer
 
 __all__ = ["Adafactor"]
-
-
-def _lerp(start, end, weight, *, from_end):
-    """torch's ``lerp``: its formula for a weight of 0.5 or more starts from ``end``."""
-    if from_end:
-        return end - (end - start) * (1 - weight)
-    return start + weight * (end - start)
 
 
 def factored_direction_rule(g, u, row_var, col_var, row_mean, *, eps1_sq, maximize, xp):
@@ -31,7 +25,7 @@ def unfactored_direction_rule(g, variance, new_variance, u, *, weight, eps1_sq, 
     """A vector's (or scalar's) full second moment, then its update direction."""
     if maximize:
         g = -g
-    variance = _lerp(variance, g * g, weight, from_end=lerp_from_end)
+    variance = lerp_rule(variance, g * g, weight=weight, lerp_from_end=lerp_from_end, xp=xp)
     return variance, (1 / xp.sqrt(xp.maximum(variance, eps1_sq))) * g
 
 
@@ -218,7 +212,8 @@ class Adafactor(Optimizer):
                     mean = norm(g, axis=axis, keepdims=True)
                     mean = mean * mean / g.shape[axis]
                     # journaled inside a step (m + n numbers), so a later failure puts it back
-                    assign(var, _lerp(var, mean, s["weight"], from_end=t.static["lerp_from_end"]))
+                    assign(var, lerp_rule(var, mean, weight=s["weight"], lerp_from_end=t.static["lerp_from_end"],
+                                          xp=xp))
                 row_means.append(xp.clip(xp.mean(row, axis=-2, keepdims=True), min=s["eps1"]))
             t.elementwise(factored_direction_rule, [t.g, u], writes=(1,),
                           operands=[t.state["row_var"], t.state["col_var"], row_means], eps1_sq=eps1_sq)

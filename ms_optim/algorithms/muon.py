@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ..checks import check_bool, check_real
+from ..averaging import lerp_rule  # torch's lerp, both of its formulas
 from ..optimizer import Optimizer
 
 __all__ = ["Muon", "newton_schulz"]
@@ -16,16 +17,9 @@ NS_STEPS = 5
 ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
 
-def _lerp(start, end, weight, *, from_end):
-    """torch's ``lerp``: its formula for a weight of 0.5 or more starts from ``end``."""
-    if from_end:
-        return end - (end - start) * (1 - weight)
-    return start + weight * (end - start)
-
-
 def momentum_rule(buf, g, *, one_minus_momentum, buf_from_end, xp):
     """``buf.lerp_(g, 1 - momentum)``: the buffer is the direction."""
-    return _lerp(buf, g, one_minus_momentum, from_end=buf_from_end)
+    return lerp_rule(buf, g, weight=one_minus_momentum, lerp_from_end=buf_from_end, xp=xp)
 
 
 def _momentum_into_rule(buf, g, new_buf, *, one_minus_momentum, buf_from_end, xp):
@@ -35,8 +29,8 @@ def _momentum_into_rule(buf, g, new_buf, *, one_minus_momentum, buf_from_end, xp
 
 def nesterov_rule(buf, g, new_buf, u, *, one_minus_momentum, momentum, buf_from_end, nesterov_from_end, xp):
     """The buffer as :func:`momentum_rule`, and the direction ``u = g.lerp(buf, momentum)``."""
-    buf = _lerp(buf, g, one_minus_momentum, from_end=buf_from_end)
-    return buf, _lerp(g, buf, momentum, from_end=nesterov_from_end)
+    buf = lerp_rule(buf, g, weight=one_minus_momentum, lerp_from_end=buf_from_end, xp=xp)
+    return buf, lerp_rule(g, buf, weight=momentum, lerp_from_end=nesterov_from_end, xp=xp)
 
 
 def apply_rule(p, buf, new_buf, o, *, decay, neg_adjusted_lr, xp):
