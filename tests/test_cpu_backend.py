@@ -172,16 +172,15 @@ def _amsgrad_case():
 @needs_numba
 @pytest.mark.parametrize("mode", ["threads", "prange"])
 def test_parallel_paths_match_serial(mode, monkeypatch):
-    from ms_optim.engine import cpu as cpu_module
 
     cpu = _cpu()
-    monkeypatch.setattr(cpu_module, "CHUNK", 5)  # cut every tensor into many rows
+    monkeypatch.setattr(cpu, "chunk", 5)  # cut every tensor into many rows
     monkeypatch.setattr(cpu, "parallel_min_elements", 1)
     monkeypatch.setattr(cpu, "num_threads", 3)
     monkeypatch.setattr(cpu, "parallel", mode)
     info, config = _amsgrad_case()
     assert_same_trajectory(info, config, "float32", special=True)
-    monkeypatch.setattr(cpu_module, "CHUNK", 1 << 16)  # tensors of one row each: one part only
+    monkeypatch.setattr(cpu, "chunk", 1 << 16)  # tensors of one row each: one part only
     assert_same_trajectory(info, config, "float64")
 
 
