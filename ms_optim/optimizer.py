@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Callable
 
@@ -20,6 +21,8 @@ from .checks import check_real
 from .engine import BACKENDS, backend_for
 from .engine.eager import EagerBackend, StepWrites
 from .engine.stages import Tensors
+from .flat import StateArena
+from .step_plan import Bucket, History, StepPlan
 from .engine.namespace import (
     array_namespace,
     device,
@@ -47,27 +50,100 @@ class _Required:
 required = _Required()
 
 
+class _StateDict(dict):
+    """One parameter's state: a dict that counts its changes, so a cached step plan knows it is stale.
+
+    Pickles and copies as a plain dict. The optimizer's own per-step writes
+    (``'step'``) go through ``dict.__setitem__`` and are not counted.
+    """
+
+    __slots__ = ("_changes",)
+
+    def __init__(self, changes: list, *args, **kwargs):
+        dict.__init__(self, *args, **kwargs)
+        self._changes = changes
+
+    def _changed(self) -> None:
+        self._changes[0] += 1
+
+    def __setitem__(self, key, value):
+        self._changes[0] += 1
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key):
+        self._changes[0] += 1
+        dict.__delitem__(self, key)
+
+    def clear(self):
+        self._changes[0] += 1
+        dict.clear(self)
+
+    def pop(self, *args):
+        self._changes[0] += 1
+        return dict.pop(self, *args)
+
+    def popitem(self):
+        self._changes[0] += 1
+        return dict.popitem(self)
+
+    def setdefault(self, key, default=None):
+        self._changes[0] += 1
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args, **kwargs):
+        self._changes[0] += 1
+        dict.update(self, *args, **kwargs)
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def __reduce__(self):
+        return (dict, (dict(self),))
+
+    def __copy__(self):
+        return dict(self)
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        return copy.deepcopy(dict(self), memo)
+
+
 class ParamState(MutableMapping):
     """``optimizer.state``: per-parameter state dicts keyed by the parameter array itself.
 
     Arrays are unhashable, so entries are keyed by identity. As in torch,
     reading the state of a parameter that has none gives (and stores) an
-    empty dict.
+    empty dict. Every change to the mapping or to a parameter's dict is
+    counted (:attr:`changes`), so a step plan cached by the optimizer is
+    rebuilt after one; for that, ``state[p] = d`` stores a copy of ``d``
+    (change ``state[p]`` afterwards, not ``d``).
     """
 
     def __init__(self):
         self._items: dict[int, tuple[Any, dict]] = {}
+        self._changes = [0]
+
+    @property
+    def changes(self) -> int:
+        """How many times the mapping or a parameter's state dict was changed (not counting steps)."""
+        return self._changes[0]
 
     def __getitem__(self, param) -> dict:
         entry = self._items.get(id(param))
         if entry is None:
-            entry = self._items[id(param)] = (param, {})
+            entry = self._items[id(param)] = (param, _StateDict(self._changes))
         return entry[1]
 
-    def __setitem__(self, param, value: dict) -> None:
+    def __setitem__(self, param, value) -> None:
+        if not (isinstance(value, _StateDict) and value._changes is self._changes):
+            value = _StateDict(self._changes, value)
+        self._changes[0] += 1
         self._items[id(param)] = (param, value)
 
     def __delitem__(self, param) -> None:
+        self._changes[0] += 1
         del self._items[id(param)]
 
     def __contains__(self, param) -> bool:
@@ -183,6 +259,10 @@ class Optimizer:
         for group in groups:
             staged.append(self._prepared_group(group, others=staged))
         self.param_groups.extend(staged)
+
+    def __getstate__(self):
+        # the kept step plan holds namespaces, backends and kernels: it is rebuilt, not pickled
+        return {k: v for k, v in self.__dict__.items() if k != "_step_plan"}
 
     # ------------------------------------------------------------------ groups
 
@@ -323,23 +403,40 @@ class Optimizer:
         Raises:
           TypeError / ValueError: a malformed call or a bad hyper-parameter.
             Nothing is changed when it raises.
+
+        The plan of a step (buckets, state arrays, kernels and their tables)
+        is kept for the next one (:class:`~ms_optim.step_plan.StepPlan`): in the steady state a
+        step checks each gradient's type, shape and dtype, computes the host
+        scalars once per bucket and launches once per bucket. Anything else
+        (other parameters or groups, a changed static configuration, a
+        gradient that is None where it was not, a cast, loaded or edited
+        state) takes the full path, which checks everything and plans anew.
         """
         self._check_group_keys()
+        if isinstance(grads, (list, tuple)):
+            plan = self.__dict__.get("_step_plan")
+            if plan is not None and plan.usable(self, grads):
+                if self._planned_step(plan, grads):
+                    return
         checked = self._checked_grads(grads)
         for group in self.param_groups:
             self._validate(group)
+        self.__dict__.pop("_step_plan", None)
         cls = type(self)
         per_param = self._has_param_hooks()
         staged = cls.update is not Optimizer.update
         # Plan everything (new state arrays, scalars, buckets) before writing anything.
-        buckets: dict[tuple, list] = {}
-        commits = []
-        plans: dict[tuple, tuple] = {}
+        buckets: dict[tuple, Bucket] = {}
+        histories: dict[tuple, History] = {}
         host_keys = (("step",) if self.tracks_step else ()) + tuple(self.host_state_keys)
+        group_statics, group_keys = [], []
+        arena = None
         index = 0
         for gi, group in enumerate(self.param_groups):
             keys = self._state_keys(group) if not per_param else None
             group_static = self._static(group)
+            group_statics.append(group_static)
+            group_keys.append(keys)
             for p in group["params"]:
                 g = checked[index]
                 index += 1
@@ -355,72 +452,174 @@ class Optimizer:
                 plan_key = (gi, missing, *(state.get(k) for k in host_keys))
                 if per_param:
                     plan_key += (p_keys, tuple(p.shape), str(p.dtype))
-                plan = plans.get(plan_key)
-                if plan is None:
-                    plan = plans[plan_key] = self._plan(group, group_static, state, p if per_param else None)
-                scalars, static, host, signature = plan
-                new_arrays = {k: self._init_state_array(k, p, group, xp) for k in missing}
+                history = histories.get(plan_key)
+                if history is None:
+                    history = histories[plan_key] = History(
+                        gi, p if per_param else None, self._plan(group, group_static, state, p if per_param else None))
+                scalars, static, host, signature = history.plan
+                if missing and arena is None:
+                    arena = StateArena(q for g_ in self.param_groups for q in g_["params"])
+                new_arrays = self._new_state_arrays(missing, p, group, xp, arena) if missing else {}
                 arrays = [state[k] if k in state else new_arrays[k] for k in p_keys]
+                history.commits.append((p, new_arrays))
                 if math.prod(p.shape):  # an empty tensor has nothing to update, but counts the step
-                    buckets.setdefault((gi, xp, p.dtype, p_keys, signature), []).append(
-                        (p, g, arrays, scalars, static, xp))
-                commits.append((p, new_arrays, host))
-        self._run_buckets(buckets, staged)
-        for p, new_arrays, host in commits:
-            state = self.state[p]
-            state.update(new_arrays)
-            state.update(host)
+                    key = (gi, xp, p.dtype, p_keys, signature)
+                    bucket = buckets.get(key)
+                    if bucket is None:
+                        bucket = buckets[key] = Bucket(gi, xp, p_keys, scalars, static,
+                                                       backend_for(xp, self.backend))
+                    bucket.add(index - 1, p, g, arrays, history)
+        self._run_buckets(list(buckets.values()), staged)
+        for history in histories.values():
+            host = history.plan[2]
+            for p, new_arrays in history.commits:
+                state = self.state[p]
+                state.update(new_arrays)
+                state.update(host)
+        self._keep_plan(checked, group_statics, group_keys, list(buckets.values()), list(histories.values()),
+                        staged)
 
-    def _run_buckets(self, buckets: dict, staged: bool) -> None:
+    def _new_state_arrays(self, missing: tuple, p, group: dict, xp, arena) -> dict:
+        """The state arrays ``missing`` of ``p``: NumPy ones aligned, and laid out like the parameters.
+
+        :class:`~ms_optim.flat.StateArena` places them; an algorithm's own
+        ``_init_state_array`` value is copied in when it has the parameter's
+        shape and dtype (else it is kept as it is).
+        """
+        out = {}
+        default_init = type(self)._init_state_array is Optimizer._init_state_array
+        for k in missing:
+            if type(p) is not np.ndarray:
+                out[k] = self._init_state_array(k, p, group, xp)
+                continue
+            if default_init and self._state_shape(k, p, group) == tuple(p.shape):
+                out[k] = arena.zeros_like(p, k)
+                continue
+            value = self._init_state_array(k, p, group, xp)
+            if type(value) is np.ndarray and value.shape == p.shape and value.dtype == p.dtype:
+                target = arena.zeros_like(p, k)
+                target[...] = value
+                value = target
+            out[k] = value
+        return out
+
+    # --------------------------------------------------------- the kept plan
+
+    def _keep_plan(self, checked: list, group_statics: list, group_keys: list, buckets: list, histories: list,
+                   staged: bool) -> None:
+        """Keep this step's plan for the next one (its histories have all advanced by one step)."""
+        if not histories:
+            return
+        for history in histories:
+            p = history.commits[0][0]
+            history.state = self.state[p]
+            history.members = [self.state[q] for q, _ in history.commits]
+            history.commits = []
+        expect = []
+        for p, g in zip(self._checked_param_list, checked):
+            expect.append(None if g is None else (type(p), tuple(p.shape), p.dtype))
+        self._step_plan = StepPlan(self, expect, group_statics, group_keys, buckets, histories, staged)
+
+    def _planned_step(self, plan: StepPlan, grads) -> bool:
+        """The step through ``plan``; False (nothing changed) when it does not fit: the full path runs."""
+        self._checked_params()
+        if self._checked_param_list is not plan.params:
+            return False
+        per_param = plan.group_keys[0] is None
+        for group, group_static, keys in zip(self.param_groups, plan.group_statics, plan.group_keys):
+            self._validate(group)
+            if self._static(group) != group_static or (not per_param and self._state_keys(group) != keys):
+                return False
+        for i in plan.absent:
+            if grads[i] is not None:
+                return False
+        present = grads if not plan.absent else [grads[i] for i in plan.present]
+        for g, t, shape, dtype in zip(present, plan.types, plan.shapes, plan.dtypes):
+            if type(g) is not t or g.shape != shape or (g.dtype is not dtype and g.dtype != dtype):
+                return False
+        if plan.devices is not None:
+            for g, dev in zip(present, plan.devices):
+                if device(g) != dev:
+                    return False
+        groups = self.param_groups
+        for history in plan.histories:
+            group = groups[history.gi]
+            if per_param and history.buckets and \
+                    self._param_state_keys(group, history.param) != history.buckets[0].p_keys:
+                return False
+            history.plan = self._plan(group, plan.group_statics[history.gi], history.state, history.param)
+        for bucket in plan.buckets:
+            signature = None
+            for history in bucket.histories:
+                if signature is None:
+                    signature = history.plan[3]
+                    bucket.scalars, static = history.plan[0], history.plan[1]
+                elif history.plan[3] != signature:
+                    return False
+            if static != bucket.static:
+                return False
+            bucket.grads = present if bucket.indices is plan.present else [grads[i] for i in bucket.indices]
+        self._run_buckets(plan.buckets, plan.staged, planned=True)
+        for bucket in plan.buckets:
+            bucket.grads = None
+        set_item = dict.__setitem__
+        for history in plan.histories:
+            host = history.plan[2]
+            if len(host) == 1 and "step" in host:
+                n = host["step"]
+                for st in history.members:
+                    set_item(st, "step", n)
+            else:
+                for st in history.members:
+                    dict.update(st, host)
+        return True
+
+    def _run_buckets(self, buckets: list, staged: bool, planned: bool = False) -> None:
         """Run every bucket, all or nothing: if anything raises, every array is as it was.
 
         Nothing that can fail runs after a write that cannot be undone:
 
-        * eager writes (the eager backend, or a compiled backend's eager
-          fallback) go through :class:`~ms_optim.engine.eager.StepWrites`:
-          a classic rule's are held back until every bucket is computed; a
-          staged algorithm's writes to parameters and state are journaled;
-        * a compiled kernel cannot fail once launched, but a later bucket may
-          (its first compile, a MemoryError in an eager fallback or a tensor
-          stage, a warning turned into an error). So buckets run smallest
-          first, and the arrays every compiled bucket but the last writes are
-          journaled first: a step of one bucket copies nothing, and one of
-          several copies all but its largest bucket;
+        * a classic rule's buckets are all *prepared* before any is launched:
+          compiling, building tables, copies and eager computation (whose
+          writes :class:`~ms_optim.engine.eager.StepWrites` holds back) come
+          first, then the compiled launches (which cannot fail) and the held
+          writes;
+        * a staged algorithm's eager writes to parameters and state are
+          journaled, and since a compiled pass cannot be undone, buckets run
+          smallest first and the arrays every compiled bucket but the last
+          writes are journaled first: a step of one bucket copies nothing;
         * NumPy's floating-point error signalling is off inside the step, so
           an overflow gives inf as the compiled kernels do, whatever
           ``np.seterr`` or ``-W error`` say.
         """
         cls = type(self)
-        run = []
-        for (gi, xp, dtype, p_keys, _), entries in buckets.items():
-            _, _, _, scalars, static, _ = entries[0]
-            run.append((gi, xp, p_keys, entries, scalars, static, backend_for(xp, self.backend)))
-        # smallest first: what is journaled below (every compiled bucket but the last) is least
-        run.sort(key=lambda r: sum(math.prod(e[0].shape) for e in r[3]))
+        if staged:
+            # smallest first: what is journaled below (every compiled bucket but the last) is least
+            buckets = sorted(buckets, key=lambda b: b.elements)
 
         def persistent():  # the arrays that outlive the step: parameters and state
-            for r in run:
-                for e in r[3]:
-                    yield e[0]
-                    yield from e[2]
+            for b in buckets:
+                yield from b.params
+                for arrays in b.arrays:
+                    yield from arrays
 
         writes = StepWrites(defer=not staged, persistent=persistent)
         try:
             with writes, np.errstate(all="ignore"):
-                for i, (gi, xp, p_keys, entries, scalars, static, backend) in enumerate(run):
-                    if i < len(run) - 1 and not isinstance(backend, EagerBackend):
-                        for e in entries:
-                            writes.save(e[0])
-                            for a in e[2]:
-                                writes.save(a)
-                    params = [e[0] for e in entries]
-                    grads_ = [e[1] for e in entries]
-                    if staged:
-                        state_lists = {k: [e[2][j] for e in entries] for j, k in enumerate(p_keys)}
-                        self.update(Tensors(backend, xp, params, grads_, state_lists, scalars, static,
-                                            self.param_groups[gi]))
-                    else:
-                        backend.run(cls.rule, static, scalars, params, grads_, [e[2] for e in entries], xp)
+                if staged:
+                    for i, b in enumerate(buckets):
+                        if i < len(buckets) - 1 and not isinstance(b.backend, EagerBackend):
+                            for p, arrays in zip(b.params, b.arrays):
+                                writes.save(p)
+                                for a in arrays:
+                                    writes.save(a)
+                        state_lists = {k: [arrays[j] for arrays in b.arrays] for j, k in enumerate(b.p_keys)}
+                        self.update(Tensors(b.backend, b.xp, b.params, b.grads, state_lists, b.scalars, b.static,
+                                            self.param_groups[b.gi]))
+                else:
+                    launches = [b.prepare(cls.rule, planned) for b in buckets]
+                    for launch in launches:
+                        launch()
                 writes.commit()
         except BaseException:
             with np.errstate(all="ignore"):
@@ -454,9 +653,8 @@ class Optimizer:
         """
         params = self.parameters
         last = self.__dict__.get("_checked_param_list")
-        if last is None or len(last) != len(params) or any(a is not b for a, b in zip(last, params)):
-            where = [f"param_groups[{gi}]['params'][{i}]"
-                     for gi, group in enumerate(self.param_groups) for i in range(len(group["params"]))]
+        if last is None or len(last) != len(params) or not all(map(operator.is_, last, params)):
+            where = _param_names(self.param_groups)
             seen: dict[int, str] = {}
             for name, p in zip(where, params):
                 _check_param(name, p)
@@ -466,13 +664,14 @@ class Optimizer:
             _check_no_overlap(list(zip(where, params)))
             self._checked_param_list = tuple(params)  # holds them, so ids cannot be reused
         else:
-            for gi, group in enumerate(self.param_groups):
-                for i, p in enumerate(group["params"]):
-                    if type(p) is np.ndarray:
-                        if not p.flags.writeable:
-                            _check_param(f"param_groups[{gi}]['params'][{i}]", p)
-                    elif not is_writeable(p) or getattr(p, "requires_grad", False):
-                        _check_param(f"param_groups[{gi}]['params'][{i}]", p)
+            ndarray = np.ndarray
+            for i, p in enumerate(params):
+                if type(p) is ndarray:
+                    if p.flags.writeable:
+                        continue
+                elif is_writeable(p) and not getattr(p, "requires_grad", False):
+                    continue
+                _check_param(_param_names(self.param_groups)[i], p)
         return params
 
     def _host_state_domain(self, group: dict) -> Mapping[str, tuple[float, float, bool]]:
@@ -685,6 +884,10 @@ def _as_group_list(params) -> list:
     if not all(isinstance(g, Mapping) for g in params):
         raise TypeError("params must be all arrays or all dicts (param groups), not a mix")
     return params
+
+
+def _param_names(groups) -> list[str]:
+    return [f"param_groups[{gi}]['params'][{i}]" for gi, group in enumerate(groups) for i in range(len(group["params"]))]
 
 
 def _check_param(where: str, p) -> None:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import ms_optim
 from ms_optim.algorithms.lamb import LAMB
+from ms_optim.engine import cpu as cpu_mod
 from ms_optim.engine import eager as eager_mod
 from tests.optim_table import TABLE
 
@@ -237,7 +238,7 @@ def test_a_compiled_bucket_failing_after_another_was_written_changes_nothing(mon
     opt = _two_groups(ms_optim.AdamW, params, lr=0.1, backend="cpu")  # two groups: two buckets
     before = fingerprint(opt)
     with monkeypatch.context() as m:
-        _fail_on_call(m, type(backend), "run_kernel", 2)
+        _fail_on_call(m, type(backend), "prepare_kernel", 2)
         with pytest.raises(Boom):
             opt.step(_grads(params, 0))
     assert fingerprint(opt) == before
@@ -254,24 +255,16 @@ def _recording_saves(monkeypatch) -> list:
     return saved
 
 
-def test_a_compiled_step_journals_all_but_its_largest_bucket(monkeypatch):
+def test_a_compiled_classic_step_copies_nothing(monkeypatch):
+    """Every bucket is prepared (compiled, its table built) before any is launched: nothing to journal."""
     _cpu_backend()
     params = _params()
-    one = ms_optim.AdamW([p.copy() for p in params], lr=0.1, backend="cpu")  # one group: one bucket
-    one.step(_grads(one.parameters, 0))
     saved = _recording_saves(monkeypatch)
-    one.step(_grads(one.parameters, 1))
-    assert saved == [], "a step of one compiled bucket copies nothing"
-    opt = _two_groups(ms_optim.AdamW, params, lr=0.1, backend="cpu")
-    opt.step(_grads(params, 0))
-    saved.clear()
-    opt.step(_grads(params, 1))
-    sizes = [sum(p.size for p in g["params"]) for g in opt.param_groups]
-    small = opt.param_groups[sizes.index(min(sizes))]["params"]
-    journaled = {id(a) for a in saved}
-    assert {id(p) for p in small} <= journaled, "the smaller bucket, run first, is journaled"
-    large = opt.param_groups[sizes.index(max(sizes))]["params"]
-    assert not {id(p) for p in large} & journaled, "the largest bucket runs last and is not copied"
+    for opt in (ms_optim.AdamW([p.copy() for p in params], lr=0.1, backend="cpu"),  # one bucket
+                _two_groups(ms_optim.AdamW, params, lr=0.1, backend="cpu")):  # two buckets
+        for k in range(4):  # the full path, then the kept plan
+            opt.step(_grads(opt.parameters, k))
+        assert saved == [], "a classic step journals nothing"
 
 
 def test_a_warm_step_failing_in_its_last_bucket_changes_nothing(monkeypatch):
@@ -280,13 +273,18 @@ def test_a_warm_step_failing_in_its_last_bucket_changes_nothing(monkeypatch):
     params = _params()
     opt = _two_groups(ms_optim.AdamW, params, lr=0.1, backend="cpu")
     opt.step(_grads(params, 0))
-    opt.step(_grads(params, 1))  # warm: every kernel built, every bucket run
+    opt.step(_grads(params, 1))  # warm: every kernel built, every bucket run, the plan kept
     before = fingerprint(opt)
     with monkeypatch.context() as m:
-        _fail_on_call(m, type(backend), "run_kernel", 2)
+        _fail_on_call(m, cpu_mod.Program, "bind", 2)
         with pytest.raises(Boom):
             opt.step(_grads(params, 2))
     assert fingerprint(opt) == before
+    opt.step(_grads(params, 2))  # and the kept plan still serves
+    clean = _two_groups(ms_optim.AdamW, [p.copy() for p in _params()], lr=0.1, backend="cpu")
+    for k in range(3):
+        clean.step(_grads(clean.parameters, k))
+    assert fingerprint(opt) == fingerprint(clean)
 
 
 def test_auto_cpu_compile_warning_as_error_changes_nothing(monkeypatch):
@@ -764,7 +762,7 @@ def _warm_adafactor():
 def test_a_warm_adafactor_step_makes_four_fused_passes(monkeypatch):
     backend = _cpu_backend()
     opt = _warm_adafactor()
-    calls = _fail_on_call(monkeypatch, type(backend), "run_kernel", 0)  # counts, never fails
+    calls = _fail_on_call(monkeypatch, type(backend), "prepare_kernel", 0)  # counts, never fails
     opt.step(_grads(opt.parameters, 2))
     assert calls["n"] == 8, "two fused passes for each of the four buckets: the injections below hit each pass"
 
@@ -776,7 +774,7 @@ def test_a_warm_staged_step_failing_in_a_later_bucket_changes_nothing(monkeypatc
     opt = _warm_adafactor()
     before = fingerprint(opt)
     with monkeypatch.context() as m:
-        _fail_on_call(m, type(backend), "run_kernel", failing_call)
+        _fail_on_call(m, type(backend), "prepare_kernel", failing_call)
         with pytest.raises(Boom):
             opt.step(_grads(opt.parameters, 2))
     assert fingerprint(opt) == before

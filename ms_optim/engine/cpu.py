@@ -38,6 +38,7 @@ that raises has changed nothing.
 from __future__ import annotations
 
 import ctypes
+import operator
 import threading
 import weakref
 from dataclasses import dataclass
@@ -394,7 +395,7 @@ class Program:
         general path). Can raise MemoryError only.
         """
         refs = self._grad_refs
-        if len(refs) == len(grads) and all(r() is g for r, g in zip(refs, grads)):
+        if len(refs) == len(grads) and all(map(operator.is_, [r() for r in refs], grads)):
             addresses = self._grad_addresses
         else:
             try:
@@ -426,7 +427,7 @@ class Program:
         starts = np.flatnonzero(np.concatenate([[True], ~adjacent]))
         sizes = np.add.reduceat(self.sizes, starts) if len(starts) else self.sizes[:0]
         fixed = self._fixed[:, starts]
-        table = np.empty((len(starts), 2 + len(fixed) - 1), dtype=np.int64)
+        table = np.empty((len(starts), 2 + len(fixed)), dtype=np.int64)
         table[:, 0] = sizes
         table[:, 1] = fixed[0]
         table[:, 2] = g[starts]

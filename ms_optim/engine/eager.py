@@ -213,6 +213,10 @@ def run_eager(
             writes.write(target, value)
 
 
+def _noop() -> None:
+    return None
+
+
 class EagerBackend:
     """Runs each parameter through :func:`run_eager`; one call per (group, step) bucket."""
 
@@ -222,6 +226,11 @@ class EagerBackend:
         """One element-wise stage: ``tensors[t]`` holds tensor ``t``'s positional arrays."""
         for arrays in tensors:
             run_eager(rule, arrays, len(layout.writes), scalars, static, xp, layout)
+
+    def prepare(self, rule, static, scalars, layout: Layout, tensors, xp) -> Callable[[], None]:
+        """:meth:`run_stage` now (inside a step its writes are held back until the step commits)."""
+        self.run_stage(rule, static, scalars, layout, tensors, xp)
+        return _noop
 
     def run(self, rule, static, scalars, params, grads, states, xp) -> None:
         n_outputs = 1 + (len(states[0]) if states else 0)

@@ -1,0 +1,142 @@
+"""What one optimizer step plans, and what of it is kept for the next step.
+
+:meth:`ms_optim.Optimizer.step` sorts the parameters that got a gradient into
+*histories* (parameters at the same point of their history: same group, same
+host numbers such as ``'step'``, so one call of the algorithm's hooks serves
+them all) and *buckets* (same group, namespace, dtype, state keys, static
+configuration and host scalars: one fused launch each).
+
+After a step that went through the full path, the optimizer keeps its plan
+(:class:`StepPlan`): the buckets with their parameters and state arrays, each
+bucket's backend program (for the cpu backend, the table of addresses), and
+each history's members. The next step reuses it when nothing it was built
+from has changed (:meth:`StepPlan.usable` and the checks in
+``Optimizer._planned_step``), so its Python cost per parameter is a few
+attribute reads: the gradient's type, shape and dtype, and the write of the
+new ``'step'``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from .engine.layout import Layout
+from .engine.namespace import device
+
+__all__ = ["Bucket", "History", "StepPlan"]
+
+#: a bucket whose backend program has not been asked for yet
+_UNBUILT = object()
+
+
+def _noop() -> None:
+    return None
+
+
+class History:
+    """Parameters of one group at the same point of their history: one call of the hooks per step."""
+
+    __slots__ = ("gi", "param", "plan", "commits", "buckets", "state", "members")
+
+    def __init__(self, gi: int, param, plan: tuple):
+        self.gi = gi
+        self.param = param  # the parameter the per-parameter hooks see (None: the algorithm has none)
+        self.plan = plan  # (scalars, static, host numbers after the step, bucket signature)
+        self.commits: list = []  # (param, new state arrays) of the full path's step
+        self.buckets: list = []
+        self.state: dict | None = None  # a member's live state dict: what the hooks read next step
+        self.members: list = []  # every member's state dict, zero-size parameters included
+
+
+class Bucket:
+    """The tensors one launch updates, with what the launch needs."""
+
+    __slots__ = ("gi", "xp", "p_keys", "scalars", "static", "backend", "indices", "params", "grads", "arrays",
+                 "histories", "program", "elements")
+
+    def __init__(self, gi: int, xp, p_keys: tuple, scalars: dict, static: dict, backend):
+        self.gi = gi
+        self.xp = xp
+        self.p_keys = p_keys
+        self.scalars = scalars
+        self.static = static
+        self.backend = backend
+        self.indices: list[int] = []  # each tensor's place in the step's gradient list
+        self.params: list = []
+        self.grads: list | None = []
+        self.arrays: list[list] = []  # each tensor's state arrays, in p_keys order
+        self.histories: list[History] = []
+        self.program: Any = _UNBUILT
+        self.elements = 0
+
+    def add(self, index: int, p, g, arrays: list, history: History) -> None:
+        self.indices.append(index)
+        self.params.append(p)
+        self.grads.append(g)
+        self.arrays.append(arrays)
+        self.elements += math.prod(p.shape)
+        if not history.buckets or history.buckets[-1] is not self:
+            if self not in history.buckets:
+                history.buckets.append(self)
+                self.histories.append(history)
+
+    def prepare(self, rule: Callable, planned: bool) -> Callable[[], None]:
+        """All of this bucket's step that can fail; returns the launch, which cannot.
+
+        A backend without ``prepare`` (one registered from outside) runs here.
+        """
+        backend = self.backend
+        if planned:
+            program = self.program
+            if program is _UNBUILT:
+                make = getattr(backend, "program", None)
+                program = self.program = None if make is None else make(
+                    rule, self.static, tuple(self.scalars), self.params, self.arrays)
+            if program is not None:
+                launch = program.bind(self.scalars, self.grads)
+                if launch is not None:
+                    return launch
+        layout = Layout.of_state(len(self.p_keys))
+        tensors = [(p, g, *arrays) for p, g, arrays in zip(self.params, self.grads, self.arrays)]
+        prepare = getattr(backend, "prepare", None)
+        if prepare is None:
+            backend.run_stage(rule, self.static, self.scalars, layout, tensors, self.xp)
+            return _noop
+        return prepare(rule, self.static, self.scalars, layout, tensors, self.xp)
+
+
+class StepPlan:
+    """A step's buckets and histories, kept for the next step while nothing they depend on changes."""
+
+    def __init__(self, optimizer, expect: list, group_statics: list, group_keys: list, buckets: list,
+                 histories: list, staged: bool):
+        self.params = optimizer._checked_param_list  # identity: the checked parameter list
+        self.changes = optimizer.state.changes
+        self.backend = optimizer.backend
+        self.n_groups = len(optimizer.param_groups)
+        self.group_statics = group_statics
+        self.group_keys = group_keys
+        self.buckets = buckets
+        self.histories = histories
+        self.staged = staged
+        self.present = [i for i, e in enumerate(expect) if e is not None]
+        self.absent = [i for i, e in enumerate(expect) if e is None]
+        self.types = [expect[i][0] for i in self.present]
+        self.shapes = [expect[i][1] for i in self.present]
+        self.dtypes = [expect[i][2] for i in self.present]
+        params = list(self.params)
+        # NumPy arrays are all on the CPU; any other namespace's gradients are checked for their device
+        self.devices = None if all(t is np.ndarray for t in self.types) else [
+            device(params[i]) for i in self.present]
+        for bucket in buckets:
+            bucket.grads = None  # the step's gradients are not kept
+            if bucket.indices == self.present:
+                bucket.indices = self.present  # one bucket takes every gradient, in order: no copy per step
+
+    def usable(self, optimizer, grads) -> bool:
+        """Cheap checks first: the state, the backend and the groups are as the plan left them."""
+        return (optimizer.state.changes == self.changes and optimizer.backend == self.backend
+                and len(optimizer.param_groups) == self.n_groups and len(grads) == len(self.params))
