@@ -38,12 +38,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 def _parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="1M,10M,50M", help="total elements per model, e.g. 1M,10M,50M")
-    p.add_argument("--algos", default="adamw,adam,sgd", help="adamw, adam, sgd (momentum 0.9)")
+    p.add_argument("--sizes", default="1x10M,10M,1x1M,2000x500",
+                   help="models: 10M (a transformer-like list of tensors of 10M elements in all), "
+                        "1x10M (one tensor), 2000x500 (2000 tensors of 500); default: the four goal cases")
+    p.add_argument("--per-param", default="100,1000,10000",
+                   help="parameter counts for the per-parameter Python cost (tensors of 64 elements); '' skips")
+    p.add_argument("--algos", default="adamw", help="adamw, adam, sgd (momentum 0.9); default adamw")
     p.add_argument("--threads", type=int, default=2, help="threads for torch and the cpu backend (default 2)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--repeats", type=int, default=15, help="timed steps per implementation (default 15)")
-    p.add_argument("--impls", default="eager,cpu,cpu-run-only,cpu-prange,cpu-serial,torch-foreach,torch-fused",
+    p.add_argument("--impls", default="cpu,cpu-flat,cpu-serial,cpu-prange,eager,torch-foreach,torch-fused",
                    help="which implementations to run (default: all)")
     p.add_argument("--out", type=Path, help="also write the report to this file")
     return p.parse_args(argv)
@@ -59,6 +63,15 @@ def _size(text: str) -> int:
     text = text.strip().upper()
     scale = {"K": 10**3, "M": 10**6, "G": 10**9}.get(text[-1:], 1)
     return int(float(text.rstrip("KMG")) * scale)
+
+
+def shapes_for(spec: str) -> list[tuple[int, ...]]:
+    """``10M``: transformer-like tensors of 10M elements in all; ``1x10M``: one tensor; ``2000x500``."""
+    spec = spec.strip()
+    if "x" in spec:
+        count, size = spec.split("x", 1)
+        return [(_size(size),)] * _size(count)
+    return model_shapes(_size(spec))
 
 
 def model_shapes(total: int) -> list[tuple[int, ...]]:
@@ -151,6 +164,23 @@ class MsOptim(Impl):
         self.opt.step(self.grads)
 
 
+class MsOptimFlat(MsOptim):
+    """Parameters and gradients as views of two flat buffers (ms_optim.FlatBuffer): one row per bucket."""
+
+    def __init__(self, algo, params, grads, threads):
+        import ms_optim
+
+        from ms_optim.engine import backend_for
+        import numpy as np
+
+        self.flat = ms_optim.FlatBuffer.from_arrays(params)  # a copy, as MsOptim makes one
+        self.flat_grads = ms_optim.FlatBuffer.from_arrays(grads)
+        self.params, self.grads = self.flat.views, self.flat_grads.views
+        cls, kwargs = _ms_algo(ms_optim, algo)
+        self.opt = cls(self.params, backend="cpu", **kwargs)
+        self._engine, self._parallel, self._threads = backend_for(np, "cpu"), "threads", threads
+
+
 class MsOptimBackendOnly(MsOptim):
     """The cpu backend's ``run`` on the bucket Optimizer.step would build, without Optimizer.step."""
 
@@ -216,6 +246,7 @@ LABELS = {
     "cpu-prange": "ms_optim cpu (numba, prange)",
     "cpu-serial": "ms_optim cpu (numba, 1 thread)",
     "cpu-run-only": "  cpu backend.run alone",
+    "cpu-flat": "ms_optim cpu, flat buffers",
     "torch-foreach": "torch foreach=True",
     "torch-fused": "torch fused=True",
 }
@@ -226,16 +257,18 @@ def _make(name, algo, params, grads, threads):
         return MsOptim(algo, params, grads, "eager")
     if name == "cpu-run-only":
         return MsOptimBackendOnly(algo, params, grads, threads)
+    if name == "cpu-flat":
+        return MsOptimFlat(algo, params, grads, threads)
     if name.startswith("cpu"):
         parallel = {"cpu": "threads", "cpu-prange": "prange", "cpu-serial": "serial"}[name]
         return MsOptim(algo, params, grads, "cpu", parallel, threads)
     return Torch(algo, params, grads, {"torch-foreach": "foreach", "torch-fused": "fused"}[name])
 
 
-def run_case(algo: str, total: int, impls: list[str], args, out) -> None:
+def run_case(algo: str, spec: str, impls: list[str], args, out) -> dict:
     import numpy as np
 
-    shapes = model_shapes(total)
+    shapes = shapes_for(spec)
     n = sum(math.prod(s) for s in shapes)
     rng = np.random.default_rng(0)
     params = [rng.standard_normal(s, dtype=np.float32) * np.float32(0.02) for s in shapes]
@@ -272,6 +305,37 @@ def run_case(algo: str, total: int, impls: list[str], args, out) -> None:
         out(line)
     del runners
     gc.collect()
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def per_param_cost(algo: str, counts: list[int], args, out) -> None:
+    """Python cost per parameter per step: many tiny tensors, so the arithmetic is negligible."""
+    import numpy as np
+
+    out(f"\nPython cost per parameter per step, {TITLES[algo]}: N tensors of 64 float32 elements, "
+        "median step time / N (the kernels move 28 B x 64 per tensor, a few ns)")
+    names = [n for n in ("cpu", "eager", "torch-fused") if n in args.impl_list]
+    out(f"  {'N':>6s} " + " ".join(f"{LABELS[n] + ' us/param':>34s}" for n in names))
+    for count in counts:
+        rng = np.random.default_rng(0)
+        params = [rng.standard_normal(64, dtype=np.float32) for _ in range(count)]
+        grads = [rng.standard_normal(64, dtype=np.float32) for _ in range(count)]
+        runners = {}
+        for name in names:
+            impl = _make(name, algo, params, grads, args.threads)
+            if name == "cpu":
+                impl.opt.backend = "cpu"  # compiled even below auto's size threshold
+            runners[name] = impl
+        for _ in range(args.warmup):
+            for impl in runners.values():
+                impl.step()
+        times = {name: [] for name in runners}
+        for _ in range(args.repeats):
+            for name, impl in runners.items():
+                t = time.perf_counter()
+                impl.step()
+                times[name].append(time.perf_counter() - t)
+        out(f"  {count:6d} " + " ".join(f"{statistics.median(times[n]) / count * 1e6:34.3f}" for n in names))
 
 
 def main(argv=None) -> int:
@@ -304,9 +368,23 @@ def main(argv=None) -> int:
     out(f"method: same float32 data for all, {args.warmup} warm-up steps, then {args.repeats} timed steps "
         "per implementation taken in turns; median (and min) wall time of Optimizer.step / optimizer.step()")
     out(f"load average at start (1/5/15 min): {_load()}; this process's nice value: {os.nice(0)}")
+    args.impl_list = impls
+    summary = []
     for algo in [a.strip() for a in args.algos.split(",") if a.strip()]:
-        for size in args.sizes.split(","):
-            run_case(algo, _size(size), impls, args, out)
+        for spec in [s.strip() for s in args.sizes.split(",") if s.strip()]:
+            medians = run_case(algo, spec, impls, args, out)
+            if "torch-fused" in medians:
+                summary.append((algo, spec, {n: m / medians["torch-fused"] for n, m in medians.items()}))
+        counts = [int(_size(c)) for c in args.per_param.split(",") if c.strip()]
+        if counts:
+            per_param_cost(algo, counts, args, out)
+    if summary:
+        out("\nSummary: median step time as a ratio to torch fused=True (lower is faster)")
+        names = [n for n in impls if n != "torch-fused"]
+        out(f"  {'case':22s} " + " ".join(f"{n:>14s}" for n in names))
+        for algo, spec, ratios in summary:
+            out(f"  {algo + ' ' + spec:22s} " + " ".join(
+                f"{ratios[n]:14.2f}" if n in ratios else f"{'n/a':>14s}" for n in names))
     out(f"\nload average at end (1/5/15 min): {_load()}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,10 @@ from .amp import GradScaler
 from .averaging import AveragedParams, get_ema_avg_fn, get_ema_multi_avg_fn, get_swa_avg_fn, get_swa_multi_avg_fn
 from .checkpoint import load, save
 from .clipping import clip_grad_norm_, clip_grad_value_
+from .flat import FlatBuffer
 from .optimizer import Optimizer, required
 
 __version__ = "0.1.0"
 
-__all__ = ["ASGD", "AveragedParams", "GradScaler", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LAMB", "LBFGS", "Lion", "Muon", "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "ScheduleFreeAdamW", "SparseAdam", "clip_grad_norm_", "clip_grad_value_",
+__all__ = ["ASGD", "AveragedParams", "GradScaler", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "FlatBuffer", "LAMB", "LBFGS", "Lion", "Muon", "NAdam", "Optimizer", "RAdam", "RMSprop", "Rprop", "SGD", "ScheduleFreeAdamW", "SparseAdam", "clip_grad_norm_", "clip_grad_value_",
            "get_ema_avg_fn", "get_ema_multi_avg_fn", "get_swa_avg_fn", "get_swa_multi_avg_fn", "load", "required", "save"]

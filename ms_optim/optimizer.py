@@ -22,7 +22,7 @@ from .engine import BACKENDS, backend_for
 from .engine.eager import EagerBackend, StepWrites
 from .engine.stages import Tensors
 from .flat import StateArena
-from .step_plan import Bucket, History, StepPlan
+from .step_plan import Bucket, History, StepPlan, unscaling
 from .engine.namespace import (
     array_namespace,
     device,
@@ -391,7 +391,13 @@ class Optimizer:
         """``optimizer(grads)``: MindSpore's calling convention for :meth:`step`."""
         self.step(grads)
 
-    def step(self, grads) -> None:
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether ``step`` takes ``grad_scale``/``found_inf`` (a classic rule: the unscale fuses into it)."""
+        cls = type(self)
+        return cls.rule is not None and cls.update is Optimizer.update and cls.step is Optimizer.step
+
+    def step(self, grads, *, grad_scale=None, found_inf=None) -> None:
         """Update every parameter in place from its gradient.
 
         Args:
@@ -399,6 +405,15 @@ class Optimizer:
             order): an array of the parameter's namespace, shape and device,
             or None to leave that parameter (and its step count) untouched.
             A gradient of another floating dtype is cast to the parameter's.
+          grad_scale: keyword-only, for :class:`ms_optim.GradScaler`: the
+            loss scale the gradients carry (a number or a 0-d array). The
+            update uses ``g * (1 / grad_scale)`` (the reciprocal rounded to
+            float32, as torch's unscale), computed inside the same fused pass:
+            the gradients are not rewritten. Optimizers whose update is one
+            element-wise rule take it (``_step_supports_amp_scaling``).
+          found_inf: keyword-only, with ``grad_scale`` or alone: a 0-d array
+            (or number); when non-zero the step is skipped: nothing changes,
+            step counts included (read once on the host).
 
         Raises:
           TypeError / ValueError: a malformed call or a bad hyper-parameter.
@@ -412,6 +427,37 @@ class Optimizer:
         gradient that is None where it was not, a cast, loaded or edited
         state) takes the full path, which checks everything and plans anew.
         """
+        if grad_scale is not None or found_inf is not None:
+            self._scaled_step(grads, grad_scale, found_inf)
+            return
+        self._inv_grad_scale = None
+        self._step(grads)
+
+    def _scaled_step(self, grads, grad_scale, found_inf) -> None:
+        if not self._step_supports_amp_scaling:
+            raise TypeError(f"{type(self).__name__}.step takes no grad_scale/found_inf: unscale the gradients "
+                            "first (GradScaler.step does, for such optimizers)")
+        inv = None
+        if grad_scale is not None:
+            scale = check_real("grad_scale", grad_scale)
+            if not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"grad_scale must be a positive finite number, got {scale}")
+            inv = float(np.float32(1.0 / scale))  # torch: scale.double().reciprocal().float()
+        skip = found_inf is not None and check_real("found_inf", found_inf) != 0
+        if skip:
+            # nothing changes, but a malformed call is still refused
+            self._check_group_keys()
+            self._checked_grads(grads)
+            for group in self.param_groups:
+                self._validate(group)
+            return
+        self._inv_grad_scale = inv
+        try:
+            self._step(grads)
+        finally:
+            self._inv_grad_scale = None
+
+    def _step(self, grads) -> None:
         self._check_group_keys()
         if isinstance(grads, (list, tuple)):
             plan = self.__dict__.get("_step_plan")
@@ -617,7 +663,9 @@ class Optimizer:
                         self.update(Tensors(b.backend, b.xp, b.params, b.grads, state_lists, b.scalars, b.static,
                                             self.param_groups[b.gi]))
                 else:
-                    launches = [b.prepare(cls.rule, planned) for b in buckets]
+                    inv = self.__dict__.get("_inv_grad_scale")
+                    rule = cls.rule if inv is None else unscaling(cls.rule)
+                    launches = [b.prepare(rule, planned, inv) for b in buckets]
                     for launch in launches:
                         launch()
                 writes.commit()

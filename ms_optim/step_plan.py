@@ -26,7 +26,7 @@ import numpy as np
 from .engine.layout import Layout
 from .engine.namespace import device
 
-__all__ = ["Bucket", "History", "StepPlan"]
+__all__ = ["Bucket", "History", "StepPlan", "unscaling"]
 
 #: a bucket whose backend program has not been asked for yet
 _UNBUILT = object()
@@ -83,29 +83,53 @@ class Bucket:
                 history.buckets.append(self)
                 self.histories.append(history)
 
-    def prepare(self, rule: Callable, planned: bool) -> Callable[[], None]:
+    def prepare(self, rule: Callable, planned: bool, inv_grad_scale: float | None = None) -> Callable[[], None]:
         """All of this bucket's step that can fail; returns the launch, which cannot.
 
-        A backend without ``prepare`` (one registered from outside) runs here.
+        ``rule`` is the algorithm's, or its :func:`unscaling` form when
+        ``inv_grad_scale`` is given. A backend without ``prepare`` (one
+        registered from outside) runs here.
         """
         backend = self.backend
+        scalars = self.scalars if inv_grad_scale is None else {**self.scalars, "inv_grad_scale": inv_grad_scale}
         if planned:
-            program = self.program
+            if self.program is _UNBUILT:
+                self.program = {}
+            program = self.program.get(rule, _UNBUILT)
             if program is _UNBUILT:
                 make = getattr(backend, "program", None)
-                program = self.program = None if make is None else make(
-                    rule, self.static, tuple(self.scalars), self.params, self.arrays)
+                program = self.program[rule] = None if make is None else make(
+                    rule, self.static, tuple(scalars), self.params, self.arrays)
             if program is not None:
-                launch = program.bind(self.scalars, self.grads)
+                launch = program.bind(scalars, self.grads)
                 if launch is not None:
                     return launch
         layout = Layout.of_state(len(self.p_keys))
         tensors = [(p, g, *arrays) for p, g, arrays in zip(self.params, self.grads, self.arrays)]
         prepare = getattr(backend, "prepare", None)
         if prepare is None:
-            backend.run_stage(rule, self.static, self.scalars, layout, tensors, self.xp)
+            backend.run_stage(rule, self.static, scalars, layout, tensors, self.xp)
             return _noop
-        return prepare(rule, self.static, self.scalars, layout, tensors, self.xp)
+        return prepare(rule, self.static, scalars, layout, tensors, self.xp)
+
+
+_unscaling: dict = {}
+
+
+def unscaling(rule: Callable) -> Callable:
+    """``rule`` reading ``g * inv_grad_scale`` for ``g``: GradScaler's unscale, fused into the update.
+
+    One wrapper per rule (kernels are cached by the rule they trace).
+    """
+    wrapped = _unscaling.get(rule)
+    if wrapped is None:
+        def wrapped(p, g, *state, inv_grad_scale, xp, **kwargs):
+            return rule(p, g * inv_grad_scale, *state, xp=xp, **kwargs)
+
+        wrapped.__name__ = f"{getattr(rule, '__name__', 'rule')}_unscaled"
+        wrapped.__qualname__ = f"{getattr(rule, '__qualname__', wrapped.__name__)}_unscaled"
+        _unscaling[rule] = wrapped
+    return wrapped
 
 
 class StepPlan:

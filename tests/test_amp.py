@@ -276,7 +276,7 @@ def test_bad_gradients_refused_before_anything_changes():
     s, opt, w = _ready()
     g16 = [np.ones(3, np.float16) * 8]
     with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients"):
-        s.step(opt, g16)
+        s.unscale_(opt, g16)
     np.testing.assert_array_equal(g16[0], 8)
     for bad, exc in [([np.ones(4)], ValueError), ([np.ones(3), np.ones(3)], ValueError),
                      (np.ones(3), TypeError), ([[1.0, 2.0, 3.0]], TypeError)]:
@@ -407,3 +407,56 @@ def test_fused_contract_hands_scale_and_flag_to_the_optimizer():
     s.unscale_(opt, gg)
     s.step(opt, gg)
     assert opt.calls[-1][0] is None  # already unscaled
+
+
+# ------------------------------------------- the unscale fused into the update
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_the_fused_unscale_matches_torch_and_leaves_the_gradients_alone(backend):
+    if backend == "cpu":
+        pytest.importorskip("numba")
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 5)).astype(np.float32)
+    tw = torch.tensor(w.copy(), requires_grad=True)
+    opt = ms_optim.AdamW([w], lr=0.01, weight_decay=0.1, backend=backend)
+    topt = torch.optim.AdamW([tw], lr=0.01, weight_decay=0.1)
+    scaler, tscaler = GradScaler(init_scale=2.0**10, growth_interval=2), torch.amp.GradScaler("cpu", init_scale=2.0**10,
+                                                                                         growth_interval=2)
+    assert opt._step_supports_amp_scaling
+    for k in range(8):
+        g = (rng.standard_normal((4, 5)) * 2.0**10).astype(np.float32)
+        if k == 3:
+            g[1, 2] = np.inf  # a skipped step
+        kept = g.copy()
+        tw.grad = torch.tensor(g.copy())
+        scaler.scale(np.ones((), np.float32))
+        tscaler.scale(torch.ones(()))
+        scaler.step(opt, [g])
+        scaler.update()
+        tscaler.step(topt)
+        tscaler.update()
+        np.testing.assert_array_equal(g, kept, err_msg="the gradients are read, not unscaled in place")
+        np.testing.assert_array_equal(w, tw.detach().numpy())
+        assert scaler.get_scale() == tscaler.get_scale()
+    assert opt.state[w]["step"] == 7
+
+
+def test_step_with_found_inf_changes_nothing_and_staged_optimizers_refuse_a_scale():
+    w = np.ones(3)
+    opt = ms_optim.Adam([w], lr=0.1)
+    opt.step([np.ones(3)])
+    before = w.copy(), {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in opt.state[w].items()}
+    opt.step([np.ones(3)], grad_scale=np.float32(4.0), found_inf=np.ones((), np.float32))
+    np.testing.assert_array_equal(w, before[0])
+    assert opt.state[w]["step"] == 1
+    with pytest.raises(ValueError, match="grads has 2 entries"):
+        opt.step([np.ones(3), np.ones(3)], found_inf=np.ones((), np.float32))
+    with pytest.raises(ValueError, match="grad_scale must be a positive finite number"):
+        opt.step([np.ones(3)], grad_scale=0.0)
+    m = np.ones((3, 3))
+    muon = ms_optim.Muon([m], lr=0.1)
+    assert not muon._step_supports_amp_scaling
+    with pytest.raises(TypeError, match="Muon.step takes no grad_scale"):
+        muon.step([np.ones((3, 3))], grad_scale=2.0)

@@ -259,7 +259,7 @@ def test_flat_buffers_make_one_row_and_match_separate_arrays(backend):
     base = exp_avg[0].base
     assert all(a.base is base for a in exp_avg), "state arrays are views of one buffer, laid out like the params"
     if backend == "cpu":
-        program = opt._step_plan.buckets[0].program
+        (program,) = opt._step_plan.buckets[0].program.values()
         table, _ = program._launch_for[1]
         assert len(table) == 1 and table[0, 0] == flat.size, "one row over the whole flat buffer"
 
