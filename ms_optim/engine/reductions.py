@@ -38,7 +38,8 @@ Numerics, and how they compare with torch 2.13 (checked by
 ``tests/test_clipping.py`` and ``tests/test_reduction_kernels.py``):
 
 * The sums are accumulated in float64 for every storage dtype, so each
-  per-tensor norm is within one ulp of the exactly rounded value. torch's CPU
+  float16/float32 per-tensor norm is within one ulp of the exactly rounded
+  value (float64 ones within 1e-12 relative, a few ulps). torch's CPU
   kernel accumulates float32 (and float16, via float32) in float32 vector
   lanes: on one tensor of 1e7 normal float32 values its 2-norm is about
   4,700 ulps (3e-4 relative) from the exact one, on 5e4 values a few ulps, so
