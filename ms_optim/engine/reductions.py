@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -174,7 +175,7 @@ def _table(grads: list):
     if present.size == 0:
         return None, None, present
     sizes = sizes[present]
-    addresses = np.fromiter((grads[i].ctypes.data for i in present), dtype=np.int64, count=present.size)
+    addresses = np.fromiter((_address(grads[i]) for i in present), dtype=np.int64, count=present.size)
     counts = (sizes + CHUNK - 1) // CHUNK
     first = np.cumsum(counts) - counts
     offsets = (np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)) * CHUNK
@@ -182,6 +183,26 @@ def _table(grads: list):
     rows[:, 0] = np.minimum(np.repeat(sizes, counts) - offsets, CHUNK)
     rows[:, 1] = np.repeat(addresses, counts) + offsets * grads[present[0]].itemsize
     return rows, first, present
+
+
+_addresses: dict[int, tuple[int, int, Any]] = {}
+
+
+def _address(a) -> int:
+    """``a.ctypes.data`` (about 2 us: 0.4 ms for 200 gradients), remembered while ``a`` lives (0.1 us).
+
+    A gradient buffer is usually the same array step after step. An ndarray's
+    data never moves while it lives (an in-place ``resize`` changes its size,
+    which is checked), and the weakref callback drops the entry before the
+    id can be reused.
+    """
+    key = id(a)
+    entry = _addresses.get(key)
+    if entry is not None and entry[1] == a.size:
+        return entry[0]
+    ref = weakref.ref(a, lambda _, key=key: _addresses.pop(key, None))
+    entry = _addresses[key] = (a.ctypes.data, a.size, ref)
+    return entry[0]
 
 
 def _threads() -> int:
