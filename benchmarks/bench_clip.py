@@ -8,10 +8,21 @@ gradients, then scale each), on ``--tensors`` float32 gradients holding
 gradient values (restored untimed, so repeated unscaling never drifts into
 denormals) and take turns (round robin), so a busy neighbour slows both alike.
 
-Rows: the two operations together, and each alone. ``vs torch``: ms_optim's
-median over torch's (below 1 is faster). Neither side fuses the unscale into
-the optimizer's update (torch's ``fused=True`` optimizers can; ms_optim's
-cannot yet), so this is the separate-pass cost on both sides.
+Rows: the two operations together, and each alone; columns, three
+implementations taking turns (round robin):
+
+* ``one pass``: ms_optim's compiled multi-tensor passes
+  (``ms_optim.engine.reductions``: one numba call per bucket for the finite
+  check + unscale, one for the norm, one for the clip multiply);
+* ``per tensor``: the same calls with the compiled passes switched off
+  (``reductions.MIN_ELEMENTS`` past the bucket's size): the NumPy code, one
+  BLAS dot / finite check / multiply per gradient, i.e. separate passes;
+* ``torch foreach``: ``torch.amp.GradScaler.unscale_`` and
+  ``torch.nn.utils.clip_grad_norm_(foreach=True)``.
+
+Ratios: one pass over per tensor, and one pass over torch (below 1 is
+faster). None of them fuses the unscale into the optimizer's update (torch's
+``fused=True`` optimizers can; that is the optimizer's side, not measured here).
 
 Run (the committed results were made with exactly this)::
 
@@ -21,6 +32,7 @@ Run (the committed results were made with exactly this)::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -103,26 +115,45 @@ def main(argv=None) -> int:
     def t_reset():
         t_scaler._per_optimizer_states.clear()
 
-    cases = {
-        "unscale_ + clip_grad_norm_": (
-            lambda: (m_scaler.unscale_(m_opt, m_grads), clip_grad_norm_(m_grads, 1.0)),
-            lambda: (t_scaler.unscale_(t_opt), torch.nn.utils.clip_grad_norm_(t_params, 1.0, foreach=True)),
-        ),
-        "unscale_ alone": (
-            lambda: m_scaler.unscale_(m_opt, m_grads),
-            lambda: t_scaler.unscale_(t_opt),
-        ),
-        "clip_grad_norm_ alone": (
-            lambda: clip_grad_norm_(m_grads, 1.0),
-            lambda: torch.nn.utils.clip_grad_norm_(t_params, 1.0, foreach=True),
-        ),
+    from ms_optim.engine import reductions
+
+    def with_threshold(fn, threshold):
+        def run():
+            saved = reductions.MIN_ELEMENTS
+            reductions.MIN_ELEMENTS = threshold
+            try:
+                fn()
+            finally:
+                reductions.MIN_ELEMENTS = saved
+        return run
+
+    def m_both():
+        m_scaler.unscale_(m_opt, m_grads)
+        clip_grad_norm_(m_grads, 1.0)
+
+    m_cases = {
+        "unscale_ + clip_grad_norm_": m_both,
+        "unscale_ alone": lambda: m_scaler.unscale_(m_opt, m_grads),
+        "clip_grad_norm_ alone": lambda: clip_grad_norm_(m_grads, 1.0),
     }
+    t_cases = {
+        "unscale_ + clip_grad_norm_":
+            lambda: (t_scaler.unscale_(t_opt), torch.nn.utils.clip_grad_norm_(t_params, 1.0, foreach=True)),
+        "unscale_ alone": lambda: t_scaler.unscale_(t_opt),
+        "clip_grad_norm_ alone": lambda: torch.nn.utils.clip_grad_norm_(t_params, 1.0, foreach=True),
+    }
+    never = 1 << 62
     out()
-    out(f"{'operation':<28} {'ms_optim ms (min)':>18} {'torch foreach ms (min)':>23} {'vs torch':>9}")
-    for label, (m_fn, t_fn) in cases.items():
-        times = {"m": [], "t": []}
+    out("median ms (min) per call")
+    out(f"{'operation':<28} {'one pass':>15} {'per tensor':>15} {'torch foreach':>15} "
+        f"{'one/per-tensor':>15} {'one/torch':>10}")
+    for label in m_cases:
+        impls = (("one", with_threshold(m_cases[label], 0), m_restore, m_reset),
+                 ("per", with_threshold(m_cases[label], never), m_restore, m_reset),
+                 ("t", t_cases[label], t_restore, t_reset))
+        times = {key: [] for key, *_ in impls}
         for i in range(args.warmup + args.repeats):
-            for key, fn, restore, reset in (("m", m_fn, m_restore, m_reset), ("t", t_fn, t_restore, t_reset)):
+            for key, fn, restore, reset in impls:
                 restore()
                 reset()
                 start = time.perf_counter()
@@ -130,21 +161,29 @@ def main(argv=None) -> int:
                 elapsed = time.perf_counter() - start
                 if i >= args.warmup:
                     times[key].append(elapsed * 1e3)
-        m_med, t_med = statistics.median(times["m"]), statistics.median(times["t"])
-        out(f"{label:<28} {m_med:>10.2f} ({min(times['m']):>5.2f}) {t_med:>15.2f} ({min(times['t']):>5.2f}) "
-            f"{m_med / t_med:>9.2f}")
+        med = {k: statistics.median(v) for k, v in times.items()}
+        cells = " ".join(f"{med[k]:>8.2f} ({min(times[k]):>5.2f})" for k in ("one", "per", "t"))
+        out(f"{label:<28} {cells} {med['one'] / med['per']:>15.2f} {med['one'] / med['t']:>10.2f}")
     # the results agree: same norm, same clipped gradients (to float32 rounding)
-    m_restore(), t_restore(), m_reset(), t_reset()
-    m_scaler.unscale_(m_opt, m_grads)
-    m_norm = float(clip_grad_norm_(m_grads, 1.0))
+    out()
+    results = {}
+    for key, threshold in (("one pass", 0), ("per tensor", never)):
+        m_restore(), m_reset()
+        reductions.MIN_ELEMENTS = threshold
+        m_scaler.unscale_(m_opt, m_grads)
+        results[key] = (float(clip_grad_norm_(m_grads, 1.0)), [g.copy() for g in m_grads])
+    reductions.MIN_ELEMENTS = 1 << 18
+    t_restore(), t_reset()
     t_scaler.unscale_(t_opt)
     t_norm = float(torch.nn.utils.clip_grad_norm_(t_params, 1.0, foreach=True))
-    worst = max(float(np.max(np.abs(g - p.grad.numpy()))) for g, p in zip(m_grads, t_params))
-    out()
-    out(f"check: total norm ms_optim {m_norm:.9g}, torch {t_norm:.9g} (relative difference "
-        f"{abs(m_norm - t_norm) / t_norm:.1e}); largest gradient difference {worst:.1e}")
+    exact = float(np.sqrt(sum(math.fsum((g.astype(np.float64) / 65536) ** 2) for g in master)))
+    for key, (norm, grads) in results.items():
+        worst = max(float(np.max(np.abs(g - p.grad.numpy()))) for g, p in zip(grads, t_params))
+        out(f"check ({key}): total norm {norm:.9g}, torch {t_norm:.9g}, float64 exact {exact:.9g} "
+            f"(relative to torch {abs(norm - t_norm) / t_norm:.1e}, to exact {abs(norm - exact) / exact:.1e}); "
+            f"largest gradient difference from torch {worst:.1e}")
     out("not measured: an unscale fused into the optimizer's update pass (torch fused=True with grad_scale); "
-        "ms_optim has no such path yet")
+        "that is the optimizer's side")
     out(f"load average at end (1/5/15 min): {_load()}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .checks import check_bool, check_real
 from .clipping import _check_grad, _compute_dtype, _groups, _move
+from .engine import reductions
 from .engine.namespace import array_namespace, device, is_array, is_numpy, is_real_number
 
 __all__ = ["GradScaler", "OptState", "non_finite_check_and_unscale_", "update_scale_"]
@@ -67,6 +68,10 @@ def non_finite_check_and_unscale_(grads, found_inf, inv_scale) -> None:
       inv_scale: a float32 0-d array on the same device.
     """
     if not grads:
+        return
+    if reductions.supports(grads):
+        # one compiled pass: each gradient read once, checked and multiplied
+        reductions.non_finite_check_and_unscale_(grads, found_inf, inv_scale)
         return
     xp = array_namespace(grads[0])
     compute = _compute_dtype(xp, grads[0].dtype)

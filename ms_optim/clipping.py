@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from .checks import check_bool, check_real
+from .engine import reductions
 from .engine.namespace import _to_host, array_namespace, device, is_array, is_numpy, is_writeable
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
@@ -248,12 +249,23 @@ def _total_norm(grads: list, p: float, error_if_nonfinite: bool):
     xp0 = array_namespace(grads[0])
     dev0 = device(grads[0])
     norms = []
+    compiled = False
     for xp, dev, members in _groups(grads).values():
         here = xp is xp0 and str(dev) == str(dev0)
+        if reductions.supports(members):
+            # one pass over the whole bucket: a 1-D array of its per-tensor norms
+            n = reductions.finish_norms(reductions.norm_partials(members, p), p, members[0].dtype)
+            norms.append(n if here else _move(n, xp0, dev0))
+            compiled = True
+            continue
         for g in members:
             n = _vector_norm(g, p, xp)
             norms.append(n if here else _move(n, xp0, dev0))
-    total = _vector_norm(xp0.stack(norms), p, xp0)
+    if compiled:
+        stacked = xp0.concat([xp0.reshape(n, (-1,)) for n in norms])
+    else:
+        stacked = xp0.stack(norms)
+    total = _vector_norm(stacked, p, xp0)
     if error_if_nonfinite and not bool(xp0.all(xp0.isfinite(total))):
         raise RuntimeError(
             f"The total norm of order {p} for gradients from "
@@ -324,6 +336,9 @@ def _clip_with_norm(grads: list, max_norm: float, total_norm) -> None:
     with np.errstate(invalid="ignore", over="ignore"):
         for xp, dev, members in _groups(grads).values():
             c = _move(coef, xp, dev, _compute_dtype(xp, members[0].dtype))
+            if reductions.supports(members):
+                reductions.scale_(members, c)  # one multi-tensor pass, the same IEEE products
+                continue
             for g in members:
                 _multiply_(g, c, xp)
 
