@@ -29,7 +29,7 @@ import numpy as np
 from numba import carray, njit, types
 from numba.extending import intrinsic, overload
 
-from ms_optim.engine.cpu import numba_support as _numba_support
+from ms_optim.engine.cpu_numba import numba_support as _numba_support
 
 _s = _numba_support()
 _h2f = _s.half_to_float
