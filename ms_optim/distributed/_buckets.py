@@ -1,0 +1,73 @@
+"""Flat buffers: many arrays into few collective calls, and back.
+
+A collective call costs a latency (microseconds in shared memory, tens of them
+over a network, a kernel launch with NCCL) whatever its size, so a step that
+made one call per tensor would pay it hundreds of times. Arrays are packed, per
+dtype and namespace, into buffers of about ``bucket_bytes`` (25 MB by default,
+torch DDP's bucket size), one call per buffer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+
+#: torch.nn.parallel.DistributedDataParallel's default bucket_cap_mb
+BUCKET_BYTES = 25 * 2**20
+
+
+def group_by_kind(arrays):
+    """Indices of ``arrays`` grouped by (namespace, dtype, device), in first-seen order."""
+    kinds: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrays):
+        xp = array_api_compat.array_namespace(a)
+        kinds.setdefault((xp, str(a.dtype), str(array_api_compat.device(a))), []).append(i)
+    return list(kinds.values())
+
+
+def buckets(arrays, indices, bucket_bytes: int = BUCKET_BYTES):
+    """Split ``indices`` (arrays of one kind) into runs of about ``bucket_bytes`` each.
+
+    A single array larger than ``bucket_bytes`` is a bucket of its own: it is
+    sent whole, never split.
+    """
+    out, run, size = [], [], 0
+    for i in indices:
+        nbytes = math.prod(arrays[i].shape) * arrays[i].dtype.itemsize
+        if run and size + nbytes > bucket_bytes:
+            out.append(run)
+            run, size = [], 0
+        run.append(i)
+        size += nbytes
+    if run:
+        out.append(run)
+    return out
+
+
+def pack(arrays, run):
+    """One new flat buffer holding ``arrays[i]`` for ``i`` in ``run``, in order."""
+    first = arrays[run[0]]
+    xp = array_api_compat.array_namespace(first)
+    if len(run) == 1:
+        # a copy even so: the caller writes the buffer, and the array may be a view
+        return xp.reshape(xp.asarray(first, copy=True), (-1,))
+    return xp.concat([xp.reshape(arrays[i], (-1,)) for i in run])
+
+
+def empty_like_run(arrays, run):
+    first = arrays[run[0]]
+    xp = array_api_compat.array_namespace(first)
+    n = sum(math.prod(arrays[i].shape) for i in run)
+    return xp.empty((n,), dtype=first.dtype, device=array_api_compat.device(first))
+
+
+def unpack(buf, arrays, run) -> None:
+    """Write the flat ``buf`` back into ``arrays[i]`` for ``i`` in ``run``, in place."""
+    xp = array_api_compat.array_namespace(buf)
+    offset = 0
+    for i in run:
+        a = arrays[i]
+        n = math.prod(a.shape)
+        a[...] = xp.reshape(buf[offset:offset + n], a.shape)
+        offset += n
