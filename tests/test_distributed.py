@@ -11,7 +11,6 @@ GPU is present.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import json
 import os
 import subprocess
@@ -28,7 +27,12 @@ from ms_optim.distributed import _comm
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+try:
+    import mpi4py  # noqa: F401 -- the package only: MPI itself starts in the mpiexec children
+
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
 
 needs_mpi = pytest.mark.skipif(
     not (HAVE_MPI4PY and MPIEXEC.exists()),
