@@ -52,11 +52,12 @@ CHECKS = [
 ]
 
 
-def mpirun(n: int, script: Path, *args, timeout=120):
+def mpirun(n: int, *args, timeout=120):
+    """``mpiexec -n n python *args``, with this tree's ms_optim first on the path."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # one BLAS thread per rank: the ranks already share this machine's cores
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run([str(MPIEXEC), "-n", str(n), sys.executable, str(script), *map(str, args)],
+    return subprocess.run([str(MPIEXEC), "-n", str(n), sys.executable, *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
@@ -81,6 +82,30 @@ def test_zero_under_mpiexec(world, name):
     assert "no_exception" not in result["checks"], result["checks"]["no_exception"]["detail"]
     assert name in result["checks"], f"check {name} did not run"
     assert result["checks"][name]["ok"], result["checks"][name]["detail"]
+
+
+@needs_mpi
+def test_demo_distributed_reaches_one_process_accuracy():
+    from ms_optim.demo.train import TrainConfig, train
+
+    proc = mpirun(2, "-m", "ms_optim", "demo", "--distributed", "--steps", "300", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("ms_optim demo:") for line in lines) == 1, "only rank 0 prints"
+    assert any("data-parallel over 2 MPI ranks" in line for line in lines)
+    done = [line for line in lines if line.startswith("done: test accuracy ")]
+    assert len(done) == 1, proc.stdout
+    accuracy = float(done[0].split()[3].rstrip("%")) / 100
+    single = train(TrainConfig(steps=300)).test_accuracy
+    # the averaged gradient is the whole batch's up to float32 rounding: one test digit of slack
+    assert abs(accuracy - single) <= 1 / 359 + 1e-9, (accuracy, single)
+
+
+@needs_mpi
+def test_demo_distributed_refuses_what_it_cannot_do_once():
+    proc = mpirun(2, "-m", "ms_optim", "demo", "--distributed", "--compare", "adamw,sgd")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["ms-optim demo: error: --distributed cannot be combined with --compare"]
 
 
 # ----------------------------------------------------------------- the partition

@@ -91,6 +91,7 @@ class ZeroRedundancyOptimizer(Optimizer):
       **defaults: the arguments of ``optimizer_class`` (``lr=1e-3``, ``backend=...``).
 
     Attributes:
+      optimizer_class: the class each rank runs on its shard.
       optim: this rank's local optimizer (groups holding its shard only), or
         None on a rank that owns no parameter (more ranks than parameters).
       param_groups: the full groups, every parameter and every hyper-parameter,
@@ -141,7 +142,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         self._template = template
         self._transport = t
         self.rank, self.world_size = t.rank, t.size
-        self._optimizer_class = optimizer_class
+        self._optimizer_class = self.optimizer_class = optimizer_class
         self._optimizer_kwargs = dict(defaults)
         self.defaults = template.defaults
         self.param_groups = template.param_groups
