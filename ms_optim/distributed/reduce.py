@@ -11,6 +11,9 @@ from ._comm import transport
 
 __all__ = ["all_reduce_mean"]
 
+#: the buckets' memory, kept between calls (see _buckets.Scratch)
+_SCRATCH = _buckets.Scratch()
+
 
 def all_reduce_mean(grads, comm=None, *, bucket_bytes: int = _buckets.BUCKET_BYTES) -> None:
     r"""Average a list of gradients over all ranks, in place.
@@ -27,6 +30,8 @@ def all_reduce_mean(grads, comm=None, *, bucket_bytes: int = _buckets.BUCKET_BYT
     into buffers of about ``bucket_bytes``, summed by the transport
     (``MPI_Allreduce`` or ``ncclAllReduce``), divided by :math:`W` and written
     back. ``None`` entries are skipped; they must be None on every rank.
+    One bucket-sized buffer per dtype is kept between calls (as torch DDP
+    keeps its buckets): fresh memory per call cost more than the copy.
 
     Args:
       grads: a list of arrays (NumPy, or CuPy with an NCCL or CUDA-aware MPI
@@ -73,7 +78,7 @@ def all_reduce_mean(grads, comm=None, *, bucket_bytes: int = _buckets.BUCKET_BYT
         return
     for kind in _buckets.group_by_kind(arrays):
         for run in _buckets.buckets(arrays, kind, bucket_bytes):
-            buf = _buckets.pack(arrays, run)
+            buf = _buckets.pack(arrays, run, _SCRATCH)
             t.allreduce_sum(buf)
             buf /= t.size
             _buckets.unpack(buf, arrays, run)

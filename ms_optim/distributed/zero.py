@@ -154,6 +154,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         self._owned: list[list[int]] = [[] for _ in range(self.world_size)]  # per rank: global positions
         self._local_positions: list[int] = []  # optim.parameters -> global positions
         self._consolidated = None
+        self._scratch = _buckets.Scratch()  # the broadcasts' flat buffers, reused step after step
         for group in self.param_groups:
             self._place(group)
 
@@ -282,7 +283,8 @@ class ZeroRedundancyOptimizer(Optimizer):
                 continue
             for kind in _buckets.group_by_kind(arrays):
                 for run in _buckets.buckets(arrays, kind):
-                    buf = _buckets.pack(arrays, run) if t.rank == root else _buckets.empty_like_run(arrays, run)
+                    buf = (_buckets.pack(arrays, run, self._scratch) if t.rank == root
+                           else _buckets.empty_like_run(arrays, run, self._scratch))
                     t.bcast(buf, root)
                     if t.rank != root:
                         _buckets.unpack(buf, arrays, run)
