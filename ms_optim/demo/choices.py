@@ -82,11 +82,22 @@ def optimizer_class(name: str) -> type:
         raise DemoError(f"unknown optimizer {name!r}; choose from {', '.join(classes)}") from None
 
 
-def make_optimizer(name: str, params: list, lr: float | None = None):
-    """``(optimizer, settings)``: optimizer ``name`` over ``params`` and the arguments it got."""
+def make_optimizer(name: str, params: list, lr: float | None = None, comm=None):
+    """``(optimizer, settings)``: optimizer ``name`` over ``params`` and the arguments it got.
+
+    With an MPI communicator ``comm``, the optimizer is sharded over its ranks
+    (``ms_optim.distributed.ZeroRedundancyOptimizer``).
+    """
     cls = optimizer_class(name)
     settings = optimizer_settings(name.lower(), lr)
     try:
+        if comm is not None:
+            if hasattr(cls, "eval") and hasattr(cls, "train"):
+                raise DemoError(f"--distributed cannot train with {cls.__name__}: its eval()/train() modes "
+                                "would swap only this rank's shard")
+            from ..distributed import ZeroRedundancyOptimizer
+
+            return ZeroRedundancyOptimizer(params, cls, comm=comm, **settings), settings
         return cls(params, **settings), settings
     except (ValueError, TypeError) as err:
         raise DemoError(f"cannot make {cls.__name__}({_kwargs(settings)}): {err}") from None

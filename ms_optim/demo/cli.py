@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="PATH", help="write a checkpoint at the end (or on Ctrl-C) to resume from")
     p.add_argument("--resume", metavar="PATH", help="continue a run from a checkpoint written by --save")
     p.add_argument("--until", type=_positive_int, metavar="STEP", help="stop after this step; the schedule still spans --steps")
+    p.add_argument("--distributed", action="store_true",
+                   help="train data-parallel over the MPI ranks (mpiexec -n 2 ... demo --distributed): each rank a "
+                        "slice of every batch, gradients averaged, optimizer state sharded (ZeRO-1); NumPy only, "
+                        "needs mpi4py; rank 0 prints")
     p.add_argument("--list", action="store_true", help="list the optimizers and schedulers, then exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -142,9 +146,35 @@ def _single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+#: under --distributed, ranks other than 0 print nothing (their errors are rank 0's too)
+_SILENT = {"on": False}
+
+
 def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    if not _SILENT["on"]:
+        print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
     return code
+
+
+def _mpi_world(args):
+    """``(comm, rank)`` for --distributed (or ``(None, 0)``); ranks but 0 have stdout silenced."""
+    if not args.distributed:
+        return None, 0
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise DemoError("--distributed needs mpi4py and an MPI: pip install mpi4py mpich, then "
+                        "mpiexec -n 2 python -m ms_optim demo --distributed") from None
+    comm = MPI.COMM_WORLD
+    if comm.Get_rank() != 0:
+        _SILENT["on"] = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- for the life of this process
+    for bad in ("compare", "save", "resume", "plot"):
+        if getattr(args, bad) is not None:
+            raise DemoError(f"--distributed cannot be combined with --{bad}")
+    if args.device == "gpu":
+        raise DemoError("--distributed runs on the CPU (NumPy over MPI); drop --device gpu")
+    return comm, comm.Get_rank()
 
 
 def _run(args) -> int:
@@ -152,6 +182,9 @@ def _run(args) -> int:
         _print_list()
         return 0
     given = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None}
+    comm, rank = _mpi_world(args)
+    if rank != 0:
+        args.quiet = True  # the progress bar is rank 0's
     if args.plot:
         require_matplotlib()  # say so now, not after the training
     if args.compare:
@@ -166,7 +199,7 @@ def _run(args) -> int:
 
     if args.save:
         checkpoint.check_writable(args.save)  # say so now, not after the training
-    backend = select_backend(args.device)
+    backend = select_backend("cpu" if comm is not None else args.device)
     if args.resume:
         saved = checkpoint.load(args.resume)
         for k, v in given.items():
@@ -178,12 +211,15 @@ def _run(args) -> int:
                 )
         run = Run.from_saved(saved, backend.xp, backend.device)
     else:
-        run = Run(TrainConfig(**given), backend.xp, backend.device)
+        run = Run(TrainConfig(**given), backend.xp, backend.device, comm=comm)
 
     config = run.config
     if args.until is not None and args.until <= run.step:
         raise DemoError(f"--until {args.until} is not after the checkpoint's step {run.step}")
     _print_header(run, backend.label)
+    if comm is not None:
+        print(f"data-parallel over {comm.Get_size()} MPI ranks: each takes a slice of every batch, gradients "
+              f"averaged (all_reduce_mean), optimizer state sharded (ZeroRedundancyOptimizer)")
     if run.step:
         print(f"resuming at step {run.step} from {args.resume}")
     history, interrupted = _train_with_progress(run, args.until, args.quiet, label="")
@@ -260,6 +296,9 @@ def _print_header(run: Run, backend_label: str) -> None:
 
 def _optimizer_text(run: Run) -> str:
     args = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in run.settings.items())
+    inner = getattr(run.optimizer, "optimizer_class", None)  # ZeroRedundancyOptimizer(AdamW, ...)
+    if inner is not None:
+        args = ", ".join([inner.__name__, *filter(None, [args])])
     return f"{run.optimizer.__class__.__name__}({args})"
 
 

@@ -103,9 +103,12 @@ def _quiet_fp():
 class Run:
     """One training run on namespace ``xp``: build it, ``train`` it, save it with ``checkpoint.save``."""
 
-    def __init__(self, config: TrainConfig, xp, device=None, data: Dataset | None = None, *, name=None, fail=DemoError):
+    def __init__(self, config: TrainConfig, xp, device=None, data: Dataset | None = None, *, name=None, fail=DemoError,
+                 comm=None):
         # name/fail: how errors name a field and what they raise (TrainConfig.validate)
+        # comm: an MPI communicator to train data-parallel over (each rank a slice of every batch)
         config.validate(name, fail)
+        self.comm = comm
         self.config, self.xp, self.device = config, xp, device
         self.dtype = getattr(xp, config.dtype)
         self.data = data if data is not None else load_dataset(xp, seed=config.seed, dtype=self.dtype, device=device)
@@ -116,7 +119,10 @@ class Run:
             )
         self.sizes = mlp.layer_sizes(N_FEATURES, config.hidden, N_CLASSES)
         self.params = mlp.init_params(self.sizes, xp, seed=config.seed, dtype=self.dtype, device=device)
-        self.optimizer, self.settings = choices.make_optimizer(config.optimizer, self.params, config.lr)
+        if comm is not None and config.batch_size < comm.Get_size():
+            raise fail(f"{(name or _flag)('batch_size')} must be at least the {comm.Get_size()} ranks, "
+                       f"got {config.batch_size}")
+        self.optimizer, self.settings = choices.make_optimizer(config.optimizer, self.params, config.lr, comm)
         try:
             self.scheduler = choices.make_scheduler(config.scheduler, self.optimizer, config.steps, config.warmup)
         except (ValueError, TypeError) as err:
@@ -144,10 +150,7 @@ class Run:
         try:
             with _quiet_fp():
                 while self.step < until:
-                    idx = xp.asarray(self.sampler.indices(self.step), device=self.device)
-                    xb = xp.take(data.x_train, idx, axis=0)
-                    yb = xp.take(data.y_train, idx, axis=0)
-                    loss, grads = mlp.loss_and_grads(self.params, xb, yb, xp)
+                    loss, grads = self._loss_and_grads(self.sampler.indices(self.step))
                     if self.config.clip_grad_norm is not None:
                         clip_grad_norm_(grads, self.config.clip_grad_norm)
                     lr = self.lr
@@ -170,6 +173,29 @@ class Run:
         with _quiet_fp():
             self.evaluate()
         return h
+
+    def _loss_and_grads(self, indices):
+        """The batch's mean loss and gradients; data-parallel, this rank's slice, averaged over the ranks."""
+        xp, data = self.xp, self.data
+        if self.comm is not None:
+            rank, world = self.comm.Get_rank(), self.comm.Get_size()
+            mine = np.array_split(indices, world)[rank]
+        else:
+            mine = indices
+        idx = xp.asarray(mine, device=self.device)
+        loss, grads = mlp.loss_and_grads(self.params, xp.take(data.x_train, idx, axis=0),
+                                         xp.take(data.y_train, idx, axis=0), xp)
+        if self.comm is None:
+            return loss, grads
+        from ..distributed import all_reduce_mean
+
+        # slices differ by a row when the batch does not divide: weight each rank's mean by its
+        # rows so that the average over the ranks is the whole batch's mean
+        parts = [*grads, xp.reshape(loss, (1,))]
+        if len(mine) * world != len(indices):
+            parts = [p * (len(mine) * world / len(indices)) for p in parts]
+        all_reduce_mean(parts, self.comm)
+        return parts[-1][0], parts[:-1]
 
     def evaluate(self) -> None:
         """Fill the history's training-set loss and test accuracy for the current params.
