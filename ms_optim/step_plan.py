@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .engine.eager import noop as _noop
 from .engine.layout import Layout
 from .engine.namespace import device
 
@@ -30,10 +31,6 @@ __all__ = ["Bucket", "History", "StepPlan", "unscaling"]
 
 #: a bucket whose backend program has not been asked for yet
 _UNBUILT = object()
-
-
-def _noop() -> None:
-    return None
 
 
 class History:

@@ -51,7 +51,7 @@ from .cpu_cache import cache_dir, load_module
 from .cpu_codegen import DTYPES, emit_source, table_columns
 from .cpu_numba import CpuBackendUnavailable, check_numba_installed, default_threads, numba_support
 from .cpu_threads import CHUNK, PARALLEL_MIN_ELEMENTS, ThreadPool, chunked, row_ranges, run_parts
-from .eager import run_eager
+from .eager import noop as _noop, run_eager
 from .layout import Layout, as_layout, broadcast_run
 from .tracer import Graph, trace
 
@@ -80,10 +80,6 @@ class _Kernel:
     n_inputs: int  # full arrays (the table's address columns after n)
     written: frozenset  # input indices the kernel writes back
     layout: Layout = None  # type: ignore[assignment]
-
-
-def _noop() -> None:
-    return None
 
 
 _addressof = ctypes.addressof

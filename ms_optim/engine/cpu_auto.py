@@ -26,15 +26,12 @@ import numpy as np
 
 from .cpu_codegen import DTYPES
 from .layout import Layout
+from .eager import noop as _noop
 
 __all__ = ["AUTO_MIN_ELEMENTS", "AutoCpuBackend"]
 
 #: under backend='auto', the smallest bucket that triggers a compile (see the module docstring)
 AUTO_MIN_ELEMENTS = 1 << 18
-
-
-def _noop() -> None:
-    return None
 
 
 class AutoCpuBackend:

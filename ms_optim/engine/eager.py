@@ -213,7 +213,8 @@ def run_eager(
             writes.write(target, value)
 
 
-def _noop() -> None:
+def noop() -> None:
+    """A launch with nothing left to do (the work was done when it was prepared)."""
     return None
 
 
@@ -230,7 +231,7 @@ class EagerBackend:
     def prepare(self, rule, static, scalars, layout: Layout, tensors, xp) -> Callable[[], None]:
         """:meth:`run_stage` now (inside a step its writes are held back until the step commits)."""
         self.run_stage(rule, static, scalars, layout, tensors, xp)
-        return _noop
+        return noop
 
     def run(self, rule, static, scalars, params, grads, states, xp) -> None:
         n_outputs = 1 + (len(states[0]) if states else 0)
