@@ -52,7 +52,7 @@ from .cpu_codegen import DTYPES, emit_source, table_columns
 from .cpu_numba import CpuBackendUnavailable, check_numba_installed, default_threads, numba_support
 from .cpu_threads import CHUNK, PARALLEL_MIN_ELEMENTS, ThreadPool, chunked, row_ranges, run_parts
 from .eager import noop as _noop, run_eager
-from .layout import Layout, as_layout, broadcast_run
+from .layout import Layout, as_layout, broadcast_run, classic_stage
 from .tracer import Graph, trace
 
 __all__ = [
@@ -178,7 +178,7 @@ class CpuBackend:
 
     def run(self, rule, static, scalars, params, grads, states, xp) -> None:
         """Update ``params`` and ``states`` in place: the classic ``rule(p, g, *state) -> (p, *state)``."""
-        self.prepare(rule, static, scalars, _classic_layout(states), _classic_tensors(params, grads, states), xp)()
+        self.prepare(rule, static, scalars, *classic_stage(params, grads, states), xp)()
 
     def run_stage(self, rule, static, scalars, layout: Layout, tensors, xp) -> None:
         """One element-wise stage over a bucket: ``tensors[t]`` are tensor ``t``'s arguments."""
@@ -429,14 +429,6 @@ class Program:
         table[:, 2] = g[starts]
         table[:, 3:] = fixed[1:].T
         return table, self.backend._split(self.kernel, table, self.total)
-
-
-def _classic_layout(states) -> Layout:
-    return Layout.of_state(len(states[0]) if states else 0)
-
-
-def _classic_tensors(params, grads, states) -> list:
-    return [(p, g, *st) for p, g, st in zip(params, grads, states)]
 
 
 from .cpu_auto import AUTO_MIN_ELEMENTS, AutoCpuBackend  # noqa: E402  (it needs CpuBackend's module loaded)

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from .cpu_codegen import DTYPES
-from .layout import Layout
+from .layout import Layout, classic_stage
 from .eager import noop as _noop
 
 __all__ = ["AUTO_MIN_ELEMENTS", "AutoCpuBackend"]
@@ -46,8 +46,7 @@ class AutoCpuBackend:
 
     def run(self, rule, static, scalars, params, grads, states, xp) -> None:
         if params:
-            layout = Layout.of_state(len(states[0]) if states else 0)
-            self.run_stage(rule, static, scalars, layout, [(p, g, *st) for p, g, st in zip(params, grads, states)], xp)
+            self.run_stage(rule, static, scalars, *classic_stage(params, grads, states), xp)
 
     def run_stage(self, rule, static, scalars, layout: Layout, tensors, xp) -> None:
         self.prepare(rule, static, scalars, layout, tensors, xp)()

@@ -111,3 +111,9 @@ def broadcast_run(operand_shape, shape) -> tuple[int, int]:
             "a kernel operand may broadcast along one run of adjacent axes"
         )
     return math.prod(shape[last + 1:]), math.prod(shape[first:last + 1])
+
+
+def classic_stage(params, grads, states) -> tuple[Layout, list]:
+    """The classic ``rule(p, g, *state) -> (p, *state)`` over a bucket as a stage: (layout, tensors)."""
+    layout = Layout.of_state(len(states[0]) if states else 0)
+    return layout, [(p, g, *st) for p, g, st in zip(params, grads, states)]
