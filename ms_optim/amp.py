@@ -25,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from .checks import check_bool, check_real
-from .clipping import _check_grad, _compute_dtype, _groups, _move
+from .clipping import (_check_empty_norm, _check_grad, _checked_bound, _checked_norm_type,
+                       _clip_coefficient, _clip_with_norm, _compute_dtype, _groups, _move, _total_norm,
+                       clip_grad_norm_)
 from .engine import reductions
 from .engine.namespace import array_namespace, device, is_array, is_numpy, is_real_number
 
@@ -43,7 +45,9 @@ class OptState(Enum):
 
 
 def _fresh_state() -> dict:
-    return {"stage": OptState.READY, "found_inf_per_device": {}}
+    # deferred: (clip coefficient, the gradients' ids) when clip_grad_norm_ left the
+    # unscale and the clip to a fused optimizer's step
+    return {"stage": OptState.READY, "found_inf_per_device": {}, "deferred": None}
 
 
 class _InvalidFactor(ValueError, AssertionError):
@@ -239,14 +243,13 @@ class GradScaler:
        torch raises); :meth:`scale` also takes a Python number.
 
     .. note::
-       torch's fused optimizers take ``grad_scale``/``found_inf`` and fold the
-       unscale and the skip into their own update pass (no host sync at all).
-       ms_optim's optimizers do not yet: ``step`` unscales in a pass of its
-       own, then reads the found-inf flag. An optimizer that sets
-       ``_step_supports_amp_scaling = True`` gets that contract here already:
-       ``step`` then checks the gradients without unscaling them and calls
-       ``optimizer.step(grads, grad_scale=S or None, found_inf=flag)``,
-       leaving the unscale and the skip to it.
+       An optimizer whose update is one element-wise rule (every built-in
+       one but LBFGS, SparseAdam and the tensor-level ones:
+       ``_step_supports_amp_scaling``) takes ``grad_scale``/``found_inf``, as
+       torch's fused optimizers do: ``step`` then checks the gradients without
+       writing them and the optimizer divides by the scale inside its own
+       update pass. :meth:`clip_grad_norm_` goes one further and folds the
+       clip into that pass too.
     """
 
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
@@ -366,9 +369,7 @@ class GradScaler:
     def _unscale_grads_(self, grads: list, inv_scale, found_inf, allow_fp16: bool) -> dict:
         present = [g for g in grads if g is not None]
         if not allow_fp16:
-            for i, g in enumerate(grads):
-                if g is not None and (g.dtype == np.float16 if type(g) is np.ndarray else str(g.dtype) == "float16"):
-                    raise ValueError(f"Attempting to unscale FP16 gradients. (grads[{i}] is float16)")
+            _refuse_fp16(grads)
         per_dtype = _groups(present)
         inv_rep = _Replicator(inv_scale)
         found_rep = _Replicator(found_inf)
@@ -416,6 +417,78 @@ class GradScaler:
         found_inf = xp.zeros((), dtype=xp.float32, device=device(self._scale))
         state["found_inf_per_device"] = self._unscale_grads_(grads, inv_scale, found_inf, False)
         state["stage"] = OptState.UNSCALED
+
+    def clip_grad_norm_(self, optimizer, grads, max_norm: float, norm_type: float = 2.0,
+                        error_if_nonfinite: bool = False):
+        r"""``unscale_`` then :func:`ms_optim.clip_grad_norm_`, fused: one read of the gradients, no writes.
+
+        Returns the total norm of the unscaled gradients and records, for
+        :meth:`step`, whether any gradient is NaN or inf and the clip
+        coefficient :math:`\min(\text{max\_norm} / (\|g / S\| + 10^{-6}), 1)`.
+        For an optimizer that takes them (``_step_supports_amp_scaling``),
+        the gradients are left as they are and :meth:`step` passes the scale
+        and the coefficient to its update, which reads ``(g * (1/S)) * coef``:
+        the values ``unscale_`` and ``clip_grad_norm_`` would have written,
+        bit for bit, without the two passes that write them. For any other
+        optimizer the gradients are unscaled and clipped here, in place.
+
+        Use it in place of the pair::
+
+            scaler.unscale_(opt, grads); norm = ms_optim.clip_grad_norm_(grads, 1.0)   # separate passes
+            norm = scaler.clip_grad_norm_(opt, grads, 1.0)                              # fused
+            scaler.step(opt, grads)                                                     # either way
+            scaler.update()
+
+        Args:
+          optimizer: the optimizer these gradients are for.
+          grads: one array (or None) per ``optimizer.parameters`` entry;
+            :meth:`step` must get the same arrays.
+          max_norm, norm_type, error_if_nonfinite: as for
+            :func:`ms_optim.clip_grad_norm_` (the norm is that of the unscaled
+            gradients; a NaN/inf gradient makes it non-finite and the step is
+            skipped, so ``error_if_nonfinite`` is rarely wanted here).
+
+        Raises:
+          RuntimeError: :meth:`unscale_` or this was already called for this
+            optimizer since the last :meth:`update`, or :meth:`step` was.
+          ValueError: a float16 gradient (as :meth:`unscale_`), or a bad
+            argument. Nothing changes when it raises.
+
+        Disabled: plain :func:`ms_optim.clip_grad_norm_` of ``grads``.
+        """
+        if not self._enabled:
+            return clip_grad_norm_([g for g in grads if g is not None] if isinstance(grads, (list, tuple)) else grads,
+                                   max_norm, norm_type, error_if_nonfinite)
+        self._check_scale_growth_tracker("clip_grad_norm_")
+        state = self._opt_state(optimizer)
+        if state["stage"] is OptState.UNSCALED:
+            raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
+        if state["stage"] is OptState.STEPPED:
+            raise RuntimeError("clip_grad_norm_() is being called after step().")
+        grads = self._checked_grads(optimizer, grads)
+        max_norm = _checked_bound("max_norm", max_norm)
+        p = _checked_norm_type(norm_type)
+        error_if_nonfinite = check_bool("error_if_nonfinite", error_if_nonfinite)
+        present = [g for g in grads if g is not None]
+        _refuse_fp16(grads)
+        _check_empty_norm(present, p)
+        xp = array_namespace(self._scale)
+        inv_scale = xp.astype(1.0 / xp.astype(self._scale, xp.float64), xp.float32)
+        flags: dict = {}
+        total = _total_norm(present, p, error_if_nonfinite, multiplier=inv_scale, found=flags)
+        if not flags:  # every gradient None: torch's check records one zero flag
+            flags[(id(xp), str(device(self._scale)))] = xp.zeros((), dtype=xp.float32, device=device(self._scale))
+        coef = _clip_coefficient(max_norm, total)
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            state["deferred"] = (coef, [id(g) for g in grads])
+        elif present:
+            # the optimizer reads the gradients as they are: write what unscale_ and the clip would
+            self._unscale_grads_(present, inv_scale, xp.zeros((), dtype=xp.float32, device=device(self._scale)),
+                                 False)  # its flags are those found above
+            _clip_with_norm(present, max_norm, total)
+        state["found_inf_per_device"] = flags
+        state["stage"] = OptState.UNSCALED
+        return total
 
     def _check_inf_per_device(self, optimizer, grads: list) -> dict:
         """The found-inf flags of ``grads`` without unscaling them (a fused optimizer unscales)."""
@@ -473,6 +546,10 @@ class GradScaler:
         # and leaves everything as it was where found_inf is non-zero, on the
         # device, so this path reads nothing on the host.
         grads = self._checked_grads(optimizer, grads)
+        deferred = state["deferred"]
+        if deferred is not None and [id(g) for g in grads] != deferred[1]:
+            raise ValueError("grads must be the arrays given to clip_grad_norm_ (their unscale and clip are "
+                             "left to this step)")
         if state["stage"] is OptState.READY:
             self._check_inf_per_device(optimizer, grads)
         flags = list(state["found_inf_per_device"].values())
@@ -481,8 +558,11 @@ class GradScaler:
         xp = array_namespace(self._scale)
         dev = device(self._scale)
         found_inf = flags[0] if len(flags) == 1 else sum(_move(f, xp, dev) for f in flags)
-        grad_scale = None if state["stage"] is OptState.UNSCALED else self._scale
-        retval = optimizer.step(grads, *args, grad_scale=grad_scale, found_inf=found_inf, **kwargs)
+        if deferred is not None:  # clip_grad_norm_ wrote nothing: the step unscales and clips
+            kwargs = {**kwargs, "grad_scale": self._scale, "clip_coef": deferred[0]}
+        else:
+            kwargs = {**kwargs, "grad_scale": None if state["stage"] is OptState.UNSCALED else self._scale}
+        retval = optimizer.step(grads, *args, found_inf=found_inf, **kwargs)
         state["stage"] = OptState.STEPPED
         return retval
 
@@ -634,6 +714,12 @@ class GradScaler:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _refuse_fp16(grads: list) -> None:
+    for i, g in enumerate(grads):
+        if g is not None and (g.dtype == np.float16 if type(g) is np.ndarray else str(g.dtype) == "float16"):
+            raise ValueError(f"Attempting to unscale FP16 gradients. (grads[{i}] is float16)")
 
 
 def _first_array(value):

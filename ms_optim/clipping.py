@@ -39,7 +39,7 @@ from .checks import check_bool, check_real
 from .engine import reductions
 from .engine.namespace import _to_host, array_namespace, device, is_array, is_numpy, is_writeable
 
-__all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
+__all__ = ["clip_coefficient", "clip_grad_norm_", "clip_grad_value_", "clip_grads_with_norm_", "get_total_norm"]
 
 
 # ------------------------------------------------------------------ arguments
@@ -243,24 +243,27 @@ def get_total_norm(grads, norm_type: float = 2.0, error_if_nonfinite: bool = Fal
     return _total_norm(grads, p, error_if_nonfinite)
 
 
-def _total_norm(grads: list, p: float, error_if_nonfinite: bool):
+def _total_norm(grads: list, p: float, error_if_nonfinite: bool, multiplier=None, found: dict | None = None):
+    """The total norm of ``grads``; with ``multiplier``, of ``g * multiplier``, nothing written.
+
+    ``multiplier`` (a 0-d float32 array: GradScaler's inverse scale; float32
+    and float64 gradients only) makes every value the product an unscale
+    would write, one multiply in the gradient's dtype. ``found`` (a dict)
+    then also receives, per (namespace, device), a float32 0-d flag that is
+    1.0 exactly when some gradient there holds a NaN or inf: the finite check
+    of ``unscale_``, read from the same pass where it can be (a finite norm
+    of positive order proves every entry finite; only a non-finite one, or an
+    order <= 0, costs a second, checking pass).
+    """
     if not grads:
         return np.asarray(0.0, dtype=np.float32)
     xp0 = array_namespace(grads[0])
     dev0 = device(grads[0])
     norms = []
     compiled = False
-    for xp, dev, members in _groups(grads).values():
-        here = xp is xp0 and str(dev) == str(dev0)
-        if reductions.supports(members):
-            # one pass over the whole bucket: a 1-D array of its per-tensor norms
-            n = reductions.finish_norms(reductions.norm_partials(members, p), p, members[0].dtype)
-            norms.append(n if here else _move(n, xp0, dev0))
-            compiled = True
-            continue
-        for g in members:
-            n = _vector_norm(g, p, xp)
-            norms.append(n if here else _move(n, xp0, dev0))
+    with np.errstate(over="ignore", invalid="ignore"):  # g * c may overflow: its norm is inf then
+        for xp, dev, members in _groups(grads).values():
+            compiled |= _group_norms(norms, xp, dev, members, p, xp0, dev0, multiplier, found)
     if compiled:
         stacked = xp0.concat([xp0.reshape(n, (-1,)) for n in norms])
     else:
@@ -274,6 +277,42 @@ def _total_norm(grads: list, p: float, error_if_nonfinite: bool):
             "set `error_if_nonfinite=False`"
         )
     return total
+
+
+def _group_norms(norms: list, xp, dev, members: list, p: float, xp0, dev0, multiplier, found) -> bool:
+    """Append the norms of one (namespace, device, dtype) group to ``norms``; True if one compiled pass made them.
+
+    Scalars (0-d arrays) are appended per tensor, a 1-D array per compiled
+    pass; each is moved to ``xp0``/``dev0``. See :func:`_total_norm`.
+    """
+    here = xp is xp0 and str(dev) == str(dev0)
+    c = None if multiplier is None else _move(multiplier, xp, dev, _compute_dtype(xp, members[0].dtype))
+    flag = None
+    if found is not None:
+        flag = found.setdefault((id(xp), str(dev)), xp.zeros((), dtype=xp.float32, device=dev))
+    if reductions.supports(members):
+        # one pass over the whole bucket: a 1-D array of its per-tensor norms
+        partials = reductions.norm_partials(members, p, None if c is None else float(c))
+        if flag is not None and not (p > 0 and bool(np.isfinite(partials).all())):
+            reductions.non_finite_check_(members, flag)
+        n = reductions.finish_norms(partials, p, members[0].dtype)
+        norms.append(n if here else _move(n, xp0, dev0))
+        return True
+    for g in members:
+        n = _vector_norm(g if c is None else g * c, p, xp)
+        if flag is not None:
+            if is_numpy(xp):  # host memory: reading the norm is free
+                if not (p > 0 and math.isfinite(float(n))) and not _all_finite(g, xp):
+                    flag[...] = 1.0
+            else:  # on the device, no sync
+                bad = xp.any(xp.logical_not(xp.isfinite(g)))
+                flag[...] = xp.where(bad, xp.ones_like(flag), flag)
+        norms.append(n if here else _move(n, xp0, dev0))
+    return False
+
+
+def _all_finite(g, xp) -> bool:
+    return bool(xp.all(xp.isfinite(g)))
 
 
 def _clip_coefficient(max_norm: float, total_norm):
@@ -298,6 +337,42 @@ def _clip_coefficient(max_norm: float, total_norm):
     return xp.minimum(coef, one)  # NaN stays NaN, as torch.clamp keeps it
 
 
+def clip_coefficient(max_norm: float, total_norm):
+    r"""The factor clipping multiplies every gradient by: :math:`\min(\text{max\_norm} / (\text{total\_norm} + 10^{-6}), 1)`.
+
+    The same 0-d array :func:`clip_grads_with_norm_` multiplies by, in the
+    total's dtype, namespace and device, computed as torch computes it (a
+    reciprocal, then a product). Give it to an optimizer's step to fold the
+    clip into the update instead of rewriting the gradients first::
+
+        norm = ms_optim.clipping.get_total_norm(grads)
+        opt.step(grads, clip_coef=ms_optim.clipping.clip_coefficient(1.0, norm))
+
+    Args:
+      max_norm: the largest norm to allow, a non-negative number or 0-d array.
+      total_norm: a 0-d real floating array (e.g. from :func:`get_total_norm`)
+        or a number (taken as float32).
+
+    Example:
+      >>> import numpy as np
+      >>> from ms_optim.clipping import clip_coefficient
+      >>> float(clip_coefficient(1.0, np.float32(4.0)))
+      0.25
+    """
+    max_norm = _checked_bound("max_norm", max_norm)
+    return _clip_coefficient(max_norm, _checked_total_norm(total_norm))
+
+
+def _checked_total_norm(total_norm):
+    if not is_array(total_norm):
+        return np.asarray(check_real("total_norm", total_norm), dtype=np.float32)
+    if getattr(total_norm, "ndim", None) != 0 or not array_namespace(total_norm).isdtype(
+            total_norm.dtype, "real floating"):
+        raise TypeError(f"total_norm must be a number or a 0-d real floating array, "
+                        f"got an array of shape {tuple(total_norm.shape)} and dtype {total_norm.dtype}")
+    return total_norm
+
+
 def clip_grads_with_norm_(grads, max_norm: float, total_norm, foreach=None) -> None:
     r"""Scale ``grads`` in place for a total norm already computed (``torch.nn.utils.clip_grads_with_norm_``).
 
@@ -318,13 +393,7 @@ def clip_grads_with_norm_(grads, max_norm: float, total_norm, foreach=None) -> N
     grads = _grad_list(grads)
     max_norm = _checked_bound("max_norm", max_norm)
     _checked_foreach(foreach)
-    if not is_array(total_norm):
-        total_norm = np.asarray(check_real("total_norm", total_norm), dtype=np.float32)
-    elif getattr(total_norm, "ndim", None) != 0 or not array_namespace(total_norm).isdtype(
-            total_norm.dtype, "real floating"):
-        raise TypeError(f"total_norm must be a number or a 0-d real floating array, "
-                        f"got an array of shape {tuple(total_norm.shape)} and dtype {total_norm.dtype}")
-    _clip_with_norm(grads, max_norm, total_norm)
+    _clip_with_norm(grads, max_norm, _checked_total_norm(total_norm))
 
 
 def _clip_with_norm(grads: list, max_norm: float, total_norm) -> None:

@@ -22,7 +22,7 @@ from .engine import BACKENDS, backend_for
 from .engine.eager import EagerBackend, StepWrites
 from .engine.stages import Tensors
 from .flat import StateArena
-from .step_plan import Bucket, History, StepPlan, unscaling
+from .step_plan import GRAD_MULTIPLIERS, Bucket, History, StepPlan, multiplying
 from .engine.namespace import (
     array_namespace,
     device,
@@ -393,11 +393,11 @@ class Optimizer:
 
     @property
     def _step_supports_amp_scaling(self) -> bool:
-        """Whether ``step`` takes ``grad_scale``/``found_inf`` (a classic rule: the unscale fuses into it)."""
+        """Whether ``step`` takes ``grad_scale``/``found_inf``/``clip_coef`` (a classic rule: they fuse into it)."""
         cls = type(self)
         return cls.rule is not None and cls.update is Optimizer.update and cls.step is Optimizer.step
 
-    def step(self, grads, *, grad_scale=None, found_inf=None) -> None:
+    def step(self, grads, *, grad_scale=None, found_inf=None, clip_coef=None) -> None:
         """Update every parameter in place from its gradient.
 
         Args:
@@ -414,6 +414,12 @@ class Optimizer:
           found_inf: keyword-only, with ``grad_scale`` or alone: a 0-d array
             (or number); when non-zero the step is skipped: nothing changes,
             step counts included (read once on the host).
+          clip_coef: keyword-only: a gradient-clipping factor (a number or a
+            0-d array in [0, 1], e.g. :func:`ms_optim.clipping.clip_coefficient`
+            of :func:`ms_optim.clipping.get_total_norm`). The update uses
+            ``g * clip_coef`` (after the unscale, if any), in the same fused
+            pass: what :func:`ms_optim.clip_grads_with_norm_` followed by
+            ``step`` computes, without the pass that rewrites the gradients.
 
         Raises:
           TypeError / ValueError: a malformed call or a bad hyper-parameter.
@@ -427,23 +433,30 @@ class Optimizer:
         gradient that is None where it was not, a cast, loaded or edited
         state) takes the full path, which checks everything and plans anew.
         """
-        if grad_scale is not None or found_inf is not None:
-            self._scaled_step(grads, grad_scale, found_inf)
+        if grad_scale is not None or found_inf is not None or clip_coef is not None:
+            self._multiplied_step(grads, grad_scale, found_inf, clip_coef)
             return
-        self._inv_grad_scale = None
+        self._grad_multipliers = None
         self._step(grads)
 
-    def _scaled_step(self, grads, grad_scale, found_inf) -> None:
+    def _multiplied_step(self, grads, grad_scale, found_inf, clip_coef) -> None:
         if not self._step_supports_amp_scaling:
-            raise TypeError(f"{type(self).__name__}.step takes no grad_scale/found_inf: unscale the gradients "
-                            "first (GradScaler.step does, for such optimizers)")
-        inv = None
+            raise TypeError(f"{type(self).__name__}.step takes no grad_scale/found_inf/clip_coef: unscale and "
+                            "clip the gradients first (GradScaler.step does, for such optimizers)")
+        multipliers = {}
         if grad_scale is not None:
             scale = check_real("grad_scale", grad_scale)
             if not (math.isfinite(scale) and scale > 0):
                 raise ValueError(f"grad_scale must be a positive finite number, got {scale}")
-            inv = float(np.float32(1.0 / scale))  # torch: scale.double().reciprocal().float()
+            multipliers["inv_grad_scale"] = float(np.float32(1.0 / scale))  # torch: scale.double().reciprocal().float()
         skip = found_inf is not None and check_real("found_inf", found_inf) != 0
+        if clip_coef is not None:
+            coef = check_real("clip_coef", clip_coef)
+            # a NaN or inf coefficient (from a non-finite norm) would write NaN into every parameter;
+            # it is refused unless the step is skipped anyway
+            if not skip and not (0.0 <= coef <= 1.0):
+                raise ValueError(f"clip_coef must be a number in [0, 1], got {coef}")
+            multipliers["clip_coef"] = coef
         if skip:
             # nothing changes, but a malformed call is still refused
             self._check_group_keys()
@@ -451,11 +464,11 @@ class Optimizer:
             for group in self.param_groups:
                 self._validate(group)
             return
-        self._inv_grad_scale = inv
+        self._grad_multipliers = multipliers
         try:
             self._step(grads)
         finally:
-            self._inv_grad_scale = None
+            self._grad_multipliers = None
 
     def _step(self, grads) -> None:
         self._check_group_keys()
@@ -576,17 +589,9 @@ class Optimizer:
             self._validate(group)
             if self._static(group) != group_static or (not per_param and self._state_keys(group) != keys):
                 return False
-        for i in plan.absent:
-            if grads[i] is not None:
-                return False
-        present = grads if not plan.absent else [grads[i] for i in plan.present]
-        for g, t, shape, dtype in zip(present, plan.types, plan.shapes, plan.dtypes):
-            if type(g) is not t or g.shape != shape or (g.dtype is not dtype and g.dtype != dtype):
-                return False
-        if plan.devices is not None:
-            for g, dev in zip(present, plan.devices):
-                if device(g) != dev:
-                    return False
+        present = plan.present_grads(grads)
+        if present is None:
+            return False
         groups = self.param_groups
         for history in plan.histories:
             group = groups[history.gi]
@@ -663,9 +668,11 @@ class Optimizer:
                         self.update(Tensors(b.backend, b.xp, b.params, b.grads, state_lists, b.scalars, b.static,
                                             self.param_groups[b.gi]))
                 else:
-                    inv = self.__dict__.get("_inv_grad_scale")
-                    rule = cls.rule if inv is None else unscaling(cls.rule)
-                    launches = [b.prepare(rule, planned, inv) for b in buckets]
+                    multipliers = self.__dict__.get("_grad_multipliers")
+                    rule = cls.rule
+                    if multipliers:
+                        rule = multiplying(rule, tuple(k for k in GRAD_MULTIPLIERS if k in multipliers))
+                    launches = [b.prepare(rule, planned, multipliers) for b in buckets]
                     for launch in launches:
                         launch()
                 writes.commit()
@@ -758,6 +765,9 @@ class Optimizer:
         params = self._checked_params()
         if len(grads) != len(params):
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {len(params)} parameters")
+        plan = self.__dict__.get("_step_plan")
+        if plan is not None and self._checked_param_list is plan.params and plan.present_grads(grads) is not None:
+            return grads  # laid out as the kept plan's: each check below would pass, with no cast
         checked = []
         for i, (p, g) in enumerate(zip(params, grads)):
             if g is not None:
@@ -999,6 +1009,8 @@ def _check_no_overlap(named: list) -> None:
 
 
 def _checked_grad(i: int, p, g):
+    if type(g) is np.ndarray and type(p) is np.ndarray and g.shape == p.shape and g.dtype == p.dtype:
+        return g  # what every check below would conclude, in a few attribute reads
     if not is_array(g) or not hasattr(g, "shape"):
         raise TypeError(f"grads[{i}] must be an array or None, got {type(g).__name__}")
     xp = array_namespace(p)

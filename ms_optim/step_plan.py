@@ -27,7 +27,7 @@ from .engine.eager import noop as _noop
 from .engine.layout import Layout
 from .engine.namespace import device
 
-__all__ = ["Bucket", "History", "StepPlan", "unscaling"]
+__all__ = ["GRAD_MULTIPLIERS", "Bucket", "History", "StepPlan", "multiplying"]
 
 #: a bucket whose backend program has not been asked for yet
 _UNBUILT = object()
@@ -80,15 +80,16 @@ class Bucket:
                 history.buckets.append(self)
                 self.histories.append(history)
 
-    def prepare(self, rule: Callable, planned: bool, inv_grad_scale: float | None = None) -> Callable[[], None]:
+    def prepare(self, rule: Callable, planned: bool, multipliers: dict | None = None) -> Callable[[], None]:
         """All of this bucket's step that can fail; returns the launch, which cannot.
 
-        ``rule`` is the algorithm's, or its :func:`unscaling` form when
-        ``inv_grad_scale`` is given. A backend without ``prepare`` (one
-        registered from outside) runs here.
+        ``rule`` is the algorithm's, or its :func:`multiplying` form for the
+        gradient multipliers given (``{'inv_grad_scale': ..., 'clip_coef':
+        ...}``, host numbers). A backend without ``prepare`` (one registered
+        from outside) runs here.
         """
         backend = self.backend
-        scalars = self.scalars if inv_grad_scale is None else {**self.scalars, "inv_grad_scale": inv_grad_scale}
+        scalars = {**self.scalars, **multipliers} if multipliers else self.scalars
         if planned:
             if self.program is _UNBUILT:
                 self.program = {}
@@ -110,22 +111,38 @@ class Bucket:
         return prepare(rule, self.static, scalars, layout, tensors, self.xp)
 
 
-_unscaling: dict = {}
+#: the scalars a step may multiply every gradient by, in the order torch applies them:
+#: GradScaler's unscale (``g * inv_scale``), then the clip coefficient (``g * clip_coef``)
+GRAD_MULTIPLIERS = ("inv_grad_scale", "clip_coef")
+
+_multiplied: dict = {}
 
 
-def unscaling(rule: Callable) -> Callable:
-    """``rule`` reading ``g * inv_grad_scale`` for ``g``: GradScaler's unscale, fused into the update.
+def multiplying(rule: Callable, names: tuple) -> Callable:
+    """``rule`` reading ``g * s1 * s2 ...`` for ``g``, the scalars ``names`` taken in order.
 
-    One wrapper per rule (kernels are cached by the rule they trace).
+    This is how an unscale (``'inv_grad_scale'``) and a clip
+    (``'clip_coef'``) fold into the update: each is one IEEE multiply in the
+    compute dtype, in the order torch's separate in-place passes make them, so
+    the update sees the gradient those passes would have written (for 16-bit
+    gradients, before its rounding to storage: what torch's fused optimizers
+    compute). One wrapper per (rule, names), since kernels are cached by the
+    rule they trace.
     """
-    wrapped = _unscaling.get(rule)
+    if not names:
+        return rule
+    key = (rule, names)
+    wrapped = _multiplied.get(key)
     if wrapped is None:
-        def wrapped(p, g, *state, inv_grad_scale, xp, **kwargs):
-            return rule(p, g * inv_grad_scale, *state, xp=xp, **kwargs)
+        def wrapped(p, g, *state, xp, **kwargs):
+            for name in names:
+                g = g * kwargs.pop(name)
+            return rule(p, g, *state, xp=xp, **kwargs)
 
-        wrapped.__name__ = f"{getattr(rule, '__name__', 'rule')}_unscaled"
-        wrapped.__qualname__ = f"{getattr(rule, '__qualname__', wrapped.__name__)}_unscaled"
-        _unscaling[rule] = wrapped
+        suffix = "_times_" + "_".join(names)
+        wrapped.__name__ = f"{getattr(rule, '__name__', 'rule')}{suffix}"
+        wrapped.__qualname__ = f"{getattr(rule, '__qualname__', wrapped.__name__)}{suffix}"
+        _multiplied[key] = wrapped
     return wrapped
 
 
@@ -161,3 +178,24 @@ class StepPlan:
         """Cheap checks first: the state, the backend and the groups are as the plan left them."""
         return (optimizer.state.changes == self.changes and optimizer.backend == self.backend
                 and len(optimizer.param_groups) == self.n_groups and len(grads) == len(self.params))
+
+    def present_grads(self, grads: list) -> list | None:
+        """The gradients of the planned parameters when ``grads`` is laid out as the plan's were, else None.
+
+        Laid out alike: None exactly where it was, and each array of the same
+        type, shape and dtype (and device) as its parameter: then every check
+        of the full path (``Optimizer._checked_grads``) passes, with no cast.
+        The caller has checked the length and the parameter list.
+        """
+        for i in self.absent:
+            if grads[i] is not None:
+                return None
+        present = grads if not self.absent else [grads[i] for i in self.present]
+        for g, t, shape, dtype in zip(present, self.types, self.shapes, self.dtypes):
+            if type(g) is not t or g.shape != shape or (g.dtype is not dtype and g.dtype != dtype):
+                return None
+        if self.devices is not None:
+            for g, dev in zip(present, self.devices):
+                if device(g) != dev:
+                    return None
+        return present

@@ -93,9 +93,12 @@ def _torch_run(name, config, init, raw, clip=None):
     return trajectory, scaler
 
 
+@pytest.mark.parametrize("fused_clip", [False, True], ids=["separate", "fused"])
 @pytest.mark.parametrize("clip", [None, 0.5], ids=["plain", "unscale-clip-step"])
 @pytest.mark.parametrize("opt_id", list(OPTIMIZERS))
-def test_trajectory_matches_torch(xp, opt_id, clip):
+def test_trajectory_matches_torch(xp, opt_id, clip, fused_clip):
+    if fused_clip and clip is None:
+        pytest.skip("the fused clip needs a clip")
     name, config = OPTIMIZERS[opt_id]
     init, raw = _plan()
     expected, tscaler = _torch_run(name, config, init, raw, clip)
@@ -108,7 +111,13 @@ def test_trajectory_matches_torch(xp, opt_id, clip):
         scaled = iter(scaler.scale(present))
         mgrads = [None if g is None else next(scaled) for g in grads]
         before = _snapshot(opt, params)
-        if clip is not None:
+        if fused_clip:
+            kept = [None if g is None else to_numpy(g).copy() for g in mgrads]
+            scaler.clip_grad_norm_(opt, mgrads, clip)  # torch's unscale_ + clip_grad_norm_, left to the step
+            for g, k_ in zip(mgrads, kept):
+                if g is not None:
+                    np.testing.assert_array_equal(to_numpy(g), k_, err_msg="clip_grad_norm_ wrote a gradient")
+        elif clip is not None:
             scaler.unscale_(opt, mgrads)
             clip_grad_norm_(mgrads, clip)
         out = scaler.step(opt, mgrads)
@@ -460,3 +469,186 @@ def test_step_with_found_inf_changes_nothing_and_staged_optimizers_refuse_a_scal
     assert not muon._step_supports_amp_scaling
     with pytest.raises(TypeError, match="Muon.step takes no grad_scale"):
         muon.step([np.ones((3, 3))], grad_scale=2.0)
+
+
+# ------------------------------------------- the clip fused into the update
+
+
+def _scaled_grads(rng, shapes, scale, dtype, bad=None):
+    grads = [(rng.standard_normal(s) * 3).astype(dtype) * dtype(scale) for s in shapes]
+    if bad is not None:
+        grads[bad[0]].flat[bad[1]] = bad[2]
+    return grads
+
+
+FUSED_CLIP_CASES = {
+    # (optimizer, config, shapes, dtype, norm_type, compiled reductions)
+    "adamw-f32-l2": ("AdamW", dict(lr=0.01, weight_decay=0.1), [(30, 40), (40,), (7, 3, 5)], np.float32, 2.0, False),
+    "adamw-f32-l2-one-pass": ("AdamW", dict(lr=0.01, weight_decay=0.1), [(30, 40), (40,), (7, 3, 5)], np.float32,
+                              2.0, True),
+    "sgd-f64-inf-one-pass": ("SGD", dict(lr=0.05, momentum=0.9), [(20, 10), (9,)], np.float64, math.inf, True),
+    "adam-f64-l1": ("Adam", dict(lr=0.01, amsgrad=True), [(20, 10), (9,)], np.float64, 1.0, False),
+    "adamw-f32-p3-one-pass": ("AdamW", dict(lr=0.01), [(64, 8), (5,)], np.float32, 3.0, True),
+    "rmsprop-f32-p0": ("RMSprop", dict(lr=0.01), [(6, 6), (5,)], np.float32, 0.0, False),
+    "nadam-f64-neg-inf-one-pass": ("NAdam", dict(lr=0.01), [(6, 6), (5,)], np.float64, -math.inf, True),
+}
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+@pytest.mark.parametrize("case", list(FUSED_CLIP_CASES))
+def test_fused_clip_is_unscale_then_clip_then_step_bit_for_bit(case, backend, monkeypatch):
+    """GradScaler.clip_grad_norm_ + step == unscale_ + clip_grad_norm_ + step: norms, parameters, state, scale."""
+    if backend == "cpu":
+        pytest.importorskip("numba")
+    name, config, shapes, dtype, norm_type, compiled = FUSED_CLIP_CASES[case]
+    if compiled:
+        pytest.importorskip("numba")
+        from ms_optim.engine import reductions
+
+        monkeypatch.setattr(reductions, "MIN_ELEMENTS", 0)  # the multi-tensor pass on these small buckets
+    rng = np.random.default_rng(5)
+    init = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    runs = []
+    for fused in (True, False):
+        params = [a.copy() for a in init]
+        opt = getattr(ms_optim, name)(params, **config, backend=backend)
+        scaler = GradScaler(init_scale=2.0**8, growth_interval=2)
+        rng = np.random.default_rng(6)
+        record = []
+        for k in range(12):
+            bad = {3: (0, 4, np.inf), 4: (1, 0, np.nan), 9: (0, 0, -np.inf)}.get(k)
+            scale = float(scaler.scale(np.ones((), np.float32)))
+            grads = _scaled_grads(rng, shapes, scale, dtype, bad)
+            if fused:
+                norm = scaler.clip_grad_norm_(opt, grads, 0.5, norm_type)
+            else:
+                scaler.unscale_(opt, grads)
+                norm = clip_grad_norm_(grads, 0.5, norm_type)
+            scaler.step(opt, grads)
+            scaler.update()
+            record.append((np.asarray(norm).tobytes(), scaler.get_scale(), [p.tobytes() for p in params],
+                           {i: {key: np.asarray(v).tobytes() for key, v in opt.state[p].items()}
+                            for i, p in enumerate(params)}))
+        runs.append(record)
+    for k, (a, b) in enumerate(zip(*runs)):
+        assert a[0] == b[0], f"step {k}: total norm"
+        assert a[1] == b[1], f"step {k}: scale"
+        assert a[2] == b[2], f"step {k}: parameters"
+        assert a[3] == b[3], f"step {k}: state"
+
+
+def test_fused_clip_finds_infs_exactly_when_the_norm_overflows():
+    """A finite float64 gradient whose squares overflow: the norm is inf, the step still runs (as in torch)."""
+    w = np.ones(3)
+    opt = ms_optim.SGD([w], lr=0.1, momentum=0.9)
+    scaler = GradScaler(init_scale=1.0)
+    scaler.scale(1.0)
+    g = np.array([1e200, -1e200, 1.0])
+    norm = scaler.clip_grad_norm_(opt, [g], 1.0)
+    assert float(norm) == math.inf
+    flags = list(next(iter(scaler._per_optimizer_states.values()))["found_inf_per_device"].values())
+    assert [float(f) for f in flags] == [0.0]
+    scaler.step(opt, [g])
+    # coefficient 1 / (inf + 1e-6) * 1 = 0: torch's clip zeroes the gradient and SGD leaves w
+    np.testing.assert_array_equal(w, 1.0)
+    np.testing.assert_array_equal(opt.state[w]["momentum_buffer"], 0.0)  # the step ran: not skipped
+
+
+def test_fused_clip_on_an_optimizer_without_the_contract_writes_the_gradients():
+    """Muon has no single rule: clip_grad_norm_ unscales and clips in place, exactly as the separate pair."""
+    rng = np.random.default_rng(1)
+    out = []
+    for fused in (True, False):
+        m = np.ones((4, 4))
+        opt = ms_optim.Muon([m], lr=0.1)
+        scaler = GradScaler(init_scale=2.0**4)
+        scaler.scale(1.0)
+        g = rng.standard_normal((4, 4)) * 16 if fused else out[0][2]
+        g = g.copy()
+        keep = g.copy()
+        if fused:
+            norm = scaler.clip_grad_norm_(opt, [g], 0.1)
+        else:
+            scaler.unscale_(opt, [g])
+            norm = clip_grad_norm_([g], 0.1)
+        scaler.step(opt, [g])
+        out.append((float(norm), m.copy(), keep))
+    assert out[0][0] == out[1][0]
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+
+
+def test_fused_clip_refusals_change_nothing():
+    w = np.ones(3, np.float32)
+    opt = ms_optim.AdamW([w], lr=0.1)
+    scaler = GradScaler(init_scale=4.0)
+    scaler.scale(1.0)
+    g = np.full(3, 8.0, np.float32)
+    with pytest.raises(ValueError, match="max_norm must be non-negative"):
+        scaler.clip_grad_norm_(opt, [g], -1.0)
+    with pytest.raises(ValueError, match="norm_type must not be NaN"):
+        scaler.clip_grad_norm_(opt, [g], 1.0, math.nan)
+    with pytest.raises(ValueError, match="FP16"):
+        scaler.clip_grad_norm_(ms_optim.SGD([np.ones(3, np.float16)], lr=0.1), [np.ones(3, np.float16)], 1.0)
+    with pytest.raises(RuntimeError, match="non-finite"):
+        scaler.clip_grad_norm_(opt, [np.array([np.inf, 0, 0], np.float32)], 1.0, error_if_nonfinite=True)
+    np.testing.assert_array_equal(g, 8.0)
+    norm = scaler.clip_grad_norm_(opt, [g], 1.0)  # the refusals left the stage as it was
+    assert float(norm) == pytest.approx(math.sqrt(3 * 4.0))
+    with pytest.raises(RuntimeError, match="already been called"):
+        scaler.clip_grad_norm_(opt, [g], 1.0)
+    with pytest.raises(RuntimeError, match="already been called"):
+        scaler.unscale_(opt, [g])
+    with pytest.raises(ValueError, match="must be the arrays given to clip_grad_norm_"):
+        scaler.step(opt, [g.copy()])
+    np.testing.assert_array_equal(w, 1.0)
+    assert w not in opt.state
+    scaler.step(opt, [g])
+    assert opt.state[w]["step"] == 1
+    with pytest.raises(RuntimeError, match="after step"):
+        scaler.clip_grad_norm_(opt, [g], 1.0)
+
+
+def test_disabled_scaler_clip_is_plain_clip():
+    g = [np.array([3.0, 4.0]), None]
+    norm = GradScaler(enabled=False).clip_grad_norm_(ms_optim.SGD([np.ones(2), np.ones(1)], lr=0.1), g, 1.0)
+    assert float(norm) == 5.0
+    np.testing.assert_array_equal(g[0], np.array([3.0, 4.0]) * ((1.0 / (5.0 + 1e-6)) * 1.0))
+
+
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_step_clip_coef_is_clip_grads_with_norm_then_step(backend):
+    """Without a scaler: step(grads, clip_coef=c) reads g * c, what clip_grads_with_norm_ would write."""
+    if backend == "cpu":
+        pytest.importorskip("numba")
+    from ms_optim.clipping import clip_coefficient, clip_grads_with_norm_, get_total_norm
+
+    rng = np.random.default_rng(2)
+    shapes = [(8, 5), (3,)]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    a = [x.copy() for x in init]
+    b = [x.copy() for x in init]
+    oa = ms_optim.Adam(a, lr=0.01, backend=backend)
+    ob = ms_optim.Adam(b, lr=0.01, backend=backend)
+    for _ in range(5):
+        grads = [rng.standard_normal(s).astype(np.float32) * 4 for s in shapes]
+        kept = [g.copy() for g in grads]
+        norm = get_total_norm(grads)
+        oa.step(grads, clip_coef=clip_coefficient(1.0, norm))
+        for g, k in zip(grads, kept):
+            np.testing.assert_array_equal(g, k)
+        clip_grads_with_norm_(grads, 1.0, norm)
+        ob.step(grads)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    before = [x.copy() for x in a]
+    for bad in (math.nan, 1.5, -0.1):
+        with pytest.raises(ValueError, match="clip_coef must be a number in"):
+            oa.step(grads, clip_coef=bad)
+    with pytest.raises(TypeError, match="clip_coef"):
+        oa.step(grads, clip_coef="0.5")
+    for x, y in zip(a, before):
+        np.testing.assert_array_equal(x, y)
+    assert oa.state[a[0]]["step"] == 5
+    muon = ms_optim.Muon([np.ones((3, 3))], lr=0.1)
+    with pytest.raises(TypeError, match="Muon.step takes no grad_scale/found_inf/clip_coef"):
+        muon.step([np.ones((3, 3))], clip_coef=0.5)

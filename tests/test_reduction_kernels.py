@@ -111,6 +111,29 @@ def test_per_tensor_norms_are_within_an_ulp_of_exact(compiled, dtype, p):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("p", NORM_TYPES)
+def test_a_multiplier_gives_the_partials_of_the_products(compiled, dtype, p):
+    """norm_partials(g, p, c) == norm_partials(g * c, p) bit for bit, c an unscale's float32 inverse scale."""
+    rng = np.random.default_rng(4)
+    grads = [g for g in _grads(dtype, rng) if g.size or 0 <= p < math.inf]
+    for c in (2.0**-16, float(np.float32(1 / 3.0)), 1e30):
+        compute = np.float32 if dtype == "float16" else np.dtype(dtype).type
+        with np.errstate(over="ignore"):
+            products = [(g.astype(compute) * compute(c)) for g in grads]
+        if dtype == "float16":  # the products in float32, as the kernel computes them
+            expected = reductions.norm_partials(products, p)
+        else:
+            expected = reductions.norm_partials([np.ascontiguousarray(x, dtype=dtype) for x in products], p)
+        got = reductions.norm_partials(grads, p, multiplier=c)
+        if dtype == "float16":
+            # the same float64 terms, but the float16 and float32 specialisations of a sum
+            # vectorise to other widths, so reassociation may order the additions differently
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+        else:
+            assert got.tobytes() == expected.tobytes(), (c, got[:3], expected[:3])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", NORM_TYPES)
 def test_clip_grad_norm_matches_torch(compiled, dtype, p):
     rng = np.random.default_rng(2)
     grads = [g for g in _grads(dtype, rng) if g.size or 0 <= p < math.inf]

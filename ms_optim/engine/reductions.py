@@ -265,7 +265,7 @@ def _order(norm_type) -> float:
     return p
 
 
-def norm_partials(grads: list, norm_type):
+def norm_partials(grads: list, norm_type, multiplier=None):
     """One pass over ``grads`` (one namespace, device and dtype): a float64 partial per tensor.
 
     The partial is :math:`\\sum |x|^p` for a finite ``p`` other than 0 (the
@@ -275,6 +275,12 @@ def norm_partials(grads: list, norm_type):
     ``inf``/``-inf``/negative orders on one, as torch does). NumPy arrays:
     a NumPy array; CuPy arrays: a CuPy array, computed without a host sync.
 
+    ``multiplier`` (NumPy only; a positive number): the partials of
+    ``x * multiplier``, each product one IEEE multiply in the compute dtype
+    (float32 for float16), as a loss scale's unscale would write it; nothing
+    is written. For ``inf``/``-inf`` the extreme ``|x|`` is multiplied once
+    (rounding is monotone, so that is the extreme of the products).
+
     Raises:
       ValueError: ``norm_type`` is NaN.
       TypeError: the arrays are not what :func:`supports` accepts (with a
@@ -283,12 +289,16 @@ def norm_partials(grads: list, norm_type):
     p = _order(norm_type)
     _check_bucket(grads)
     if is_cupy(grads[0]):
+        if multiplier is not None:
+            raise TypeError("norm_partials takes a multiplier for NumPy arrays only")
         from . import reductions_cuda
 
         return reductions_cuda.norm_partials(grads, p)
     k = _require_kernels()
     storage = grads[0].dtype.name
     view, bits, abs_mask, inf_bits = _BITS[storage]
+    compute = np.float32 if storage == "float16" else np.dtype(storage).type
+    c = compute(1 if multiplier is None else np.asarray(multiplier))
     out = np.zeros(len(grads), dtype=np.float64)
     rows, first, present = _table(grads)
     if rows is None:
@@ -299,21 +309,25 @@ def norm_partials(grads: list, norm_type):
         _run(k.abs_bits_range, rows, (hi, lo), np.empty(0, bits), bits(abs_mask))
         hi = np.maximum.reduceat(hi, first)
         lo = np.minimum.reduceat(lo, first)
-        value = (hi if p > 0 else lo).view(_float_of(storage)).astype(np.float64)
+        value = (hi if p > 0 else lo).view(_float_of(storage))
+        if multiplier is not None:
+            with np.errstate(over="ignore"):
+                value = value.astype(compute) * c
+        value = value.astype(np.float64)
         value[hi > inf_bits] = np.nan
         out[present] = value
         return out
     partial = np.empty(len(rows), dtype=np.float64)
     proto = np.empty(0, view)
     if p == 2:
-        _run(k.sum_squares, rows, (partial,), proto)
+        _run(k.sum_squares, rows, (partial,), proto, c)
     elif p == 1:
-        _run(k.sum_abs, rows, (partial,), proto)
+        _run(k.sum_abs, rows, (partial,), proto, c)
     elif p == 0:
-        _run(k.count_nonzero, rows, (partial,), proto)
+        _run(k.count_nonzero, rows, (partial,), proto, c)
     else:
         with np.errstate(all="ignore"):
-            _run(k.sum_powers, rows, (partial,), proto, p)
+            _run(k.sum_powers, rows, (partial,), proto, c, p)
     out[present] = np.add.reduceat(partial, first)
     return out
 

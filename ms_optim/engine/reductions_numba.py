@@ -20,7 +20,10 @@ machine's AVX-512):
   cleared: they order as ``|x|`` does, a NaN's pattern is above inf's, and an
   integer reduction vectorises without any fast-math flag;
 * the finite check is an integer max of the exponent bits: it equals the
-  all-ones exponent iff some element is inf or NaN.
+  all-ones exponent iff some element is inf or NaN;
+* the sums read ``x * c`` (one multiply in the compute dtype, float32 for
+  float16): the norm of the gradients a loss scale's unscale would write,
+  without writing them (``c = 1`` is exactly ``x``).
 """
 
 from __future__ import annotations
@@ -83,44 +86,44 @@ def _store_impl(x, i, v):
 
 
 @njit(**_SUM_OPTS)
-def sum_squares(table, out, proto):
+def sum_squares(table, out, proto, c):
     for r in range(table.shape[0]):
         x = carray(_address_as(table[r, 1], proto), table[r, 0])
         acc = 0.0
         for i in range(x.shape[0]):
-            v = np.float64(_load(x, i))
+            v = np.float64(_load(x, i) * c)
             acc += v * v
         out[r] = acc
 
 
 @njit(**_SUM_OPTS)
-def sum_abs(table, out, proto):
+def sum_abs(table, out, proto, c):
     for r in range(table.shape[0]):
         x = carray(_address_as(table[r, 1], proto), table[r, 0])
         acc = 0.0
         for i in range(x.shape[0]):
-            acc += abs(np.float64(_load(x, i)))
+            acc += abs(np.float64(_load(x, i) * c))
         out[r] = acc
 
 
 @njit(**_SUM_OPTS)
-def sum_powers(table, out, proto, p):
+def sum_powers(table, out, proto, c, p):
     for r in range(table.shape[0]):
         x = carray(_address_as(table[r, 1], proto), table[r, 0])
         acc = 0.0
         for i in range(x.shape[0]):
-            acc += abs(np.float64(_load(x, i))) ** p
+            acc += abs(np.float64(_load(x, i) * c)) ** p
         out[r] = acc
 
 
 @njit(**_SUM_OPTS)
-def count_nonzero(table, out, proto):
+def count_nonzero(table, out, proto, c):
     for r in range(table.shape[0]):
         x = carray(_address_as(table[r, 1], proto), table[r, 0])
         acc = 0.0
         for i in range(x.shape[0]):
             # NaN != 0: counted, as torch's vector_norm(ord=0) counts it
-            acc += 1.0 if _load(x, i) != 0 else 0.0
+            acc += 1.0 if _load(x, i) * c != 0 else 0.0
         out[r] = acc
 
 
