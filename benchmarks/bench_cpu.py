@@ -3,10 +3,15 @@
 For each algorithm and model size, every implementation starts from the same
 float32 parameters, gradients and state, split over a transformer-like list of
 tensors (per block: qkv and output projections, a 4x MLP, biases, two layer
-norms). Implementations take turns step by step (round robin), so a busy
-neighbour on a shared machine slows them all alike; each reports the median
-of ``--repeats`` timed steps after ``--warmup`` untimed ones (which include the
-cpu backend's JIT compile or disk-cache load, reported on its own).
+norms). Implementations take turns in blocks (:func:`timed_in_blocks`): each
+turn runs one untimed step, then ``--block`` timed steps in a row, so a busy
+neighbour on a shared machine slows them all alike, and no implementation is
+timed while another one's threads are still awake. (torch's OpenMP workers
+spin for a while after each parallel region; timed step by step in turns,
+whatever ran right after torch paid for those spinning threads, which on a
+2-core machine made it look much slower than it is.) Each reports the median of ``--repeats`` timed steps
+after ``--warmup`` untimed ones (which include the cpu backend's JIT compile
+or disk-cache load, reported on its own).
 
 Effective bandwidth is the bytes one step must move at least (each array the
 update reads, read once; each it writes, written once: 28 bytes per element
@@ -47,7 +52,10 @@ def _parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="threads for torch and the cpu backend (default 2)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--repeats", type=int, default=15, help="timed steps per implementation (default 15)")
-    p.add_argument("--impls", default="cpu,cpu-flat,cpu-serial,cpu-prange,eager,torch-foreach,torch-fused",
+    p.add_argument("--block", type=int, default=5,
+                   help="timed steps in a row per turn, after one untimed step (default 5)")
+    p.add_argument("--impls", default="cpu,cpu-flat,cpu-serial,cpu-prange,eager,torch-foreach,torch-fused,"
+                                      "torch-fused-1t",
                    help="which implementations to run (default: all)")
     p.add_argument("--out", type=Path, help="also write the report to this file")
     return p.parse_args(argv)
@@ -129,6 +137,32 @@ def _load() -> str:
         return "n/a"
 
 
+def timed_in_blocks(runners: dict, repeats: int, block: int, before=None) -> dict:
+    """Seconds per call of each ``runners[name]()``: ``repeats`` timed calls, taken in turns of blocks.
+
+    A turn is one untimed call (it pays for waking this implementation's
+    threads, and for the previous one's still spinning), then up to ``block``
+    timed calls in a row. ``before(name)``, if given, runs untimed before
+    every call (to restore inputs).
+    """
+    times = {name: [] for name in runners}
+    block = max(1, block)
+    while any(len(ts) < repeats for ts in times.values()):
+        for name, fn in runners.items():
+            todo = min(block, repeats - len(times[name]))
+            if todo <= 0:
+                continue
+            for k in range(todo + 1):
+                if before is not None:
+                    before(name)
+                t = time.perf_counter()
+                fn()
+                elapsed = time.perf_counter() - t
+                if k:
+                    times[name].append(elapsed)
+    return times
+
+
 # ---------------------------------------------------------------- implementations
 
 
@@ -159,8 +193,12 @@ class MsOptim(Impl):
 
     def step(self):
         if self._engine is not None:  # several cpu variants share one backend instance
+            from ms_optim.engine.cpu_threads import PARALLEL_MIN_ELEMENTS
+
             self._engine.num_threads = 1 if self._parallel == "serial" else self._threads
             self._engine.parallel = "prange" if self._parallel == "prange" else "threads"
+            # a kept plan keeps the split its first step chose: set before that step
+            self._engine.parallel_min_elements = 0 if self._parallel == "split" else PARALLEL_MIN_ELEMENTS
         self.opt.step(self.grads)
 
 
@@ -216,8 +254,10 @@ def _ms_algo(ms_optim, algo):
 
 
 class Torch(Impl):
-    def __init__(self, algo, params, grads, mode):
+    def __init__(self, algo, params, grads, mode, threads):
         import torch
+
+        self.threads = threads
 
         self.params = []
         for p, g in zip(params, grads):
@@ -235,6 +275,10 @@ class Torch(Impl):
         self.opt = cls(self.params, **kwargs, **{mode: True})
 
     def step(self):
+        import torch
+
+        if torch.get_num_threads() != self.threads:  # each block's untimed first step pays for a switch
+            torch.set_num_threads(self.threads)
         self.opt.step()
 
 
@@ -245,10 +289,12 @@ LABELS = {
     "cpu": "ms_optim cpu (numba, threads)",
     "cpu-prange": "ms_optim cpu (numba, prange)",
     "cpu-serial": "ms_optim cpu (numba, 1 thread)",
+    "cpu-split": "ms_optim cpu, every bucket split",
     "cpu-run-only": "  cpu backend.run alone",
     "cpu-flat": "ms_optim cpu, flat buffers",
     "torch-foreach": "torch foreach=True",
     "torch-fused": "torch fused=True",
+    "torch-fused-1t": "torch fused=True, 1 thread",
 }
 
 
@@ -260,9 +306,10 @@ def _make(name, algo, params, grads, threads):
     if name == "cpu-flat":
         return MsOptimFlat(algo, params, grads, threads)
     if name.startswith("cpu"):
-        parallel = {"cpu": "threads", "cpu-prange": "prange", "cpu-serial": "serial"}[name]
+        parallel = {"cpu": "threads", "cpu-prange": "prange", "cpu-serial": "serial", "cpu-split": "split"}[name]
         return MsOptim(algo, params, grads, "cpu", parallel, threads)
-    return Torch(algo, params, grads, {"torch-foreach": "foreach", "torch-fused": "fused"}[name])
+    mode = {"torch-foreach": "foreach", "torch-fused": "fused", "torch-fused-1t": "fused"}[name]
+    return Torch(algo, params, grads, mode, 1 if name == "torch-fused-1t" else threads)
 
 
 def run_case(algo: str, spec: str, impls: list[str], args, out) -> dict:
@@ -288,12 +335,7 @@ def run_case(algo: str, spec: str, impls: list[str], args, out) -> dict:
     for _ in range(max(0, args.warmup - 1)):
         for impl in runners.values():
             impl.step()
-    times = {name: [] for name in runners}
-    for _ in range(args.repeats):  # round robin: load on the machine hits every implementation alike
-        for name, impl in runners.items():
-            t = time.perf_counter()
-            impl.step()
-            times[name].append(time.perf_counter() - t)
+    times = timed_in_blocks({name: impl.step for name, impl in runners.items()}, args.repeats, args.block)
     ref = statistics.median(times["torch-fused"]) if "torch-fused" in times else None
     out(f"  {'implementation':32s} {'median ms':>10s} {'min ms':>8s} {'vs fused':>9s} {'GB/s':>7s} {'1st step s':>11s}")
     for name, ts in times.items():
@@ -329,12 +371,7 @@ def per_param_cost(algo: str, counts: list[int], args, out) -> None:
         for _ in range(args.warmup):
             for impl in runners.values():
                 impl.step()
-        times = {name: [] for name in runners}
-        for _ in range(args.repeats):
-            for name, impl in runners.items():
-                t = time.perf_counter()
-                impl.step()
-                times[name].append(time.perf_counter() - t)
+        times = timed_in_blocks({name: impl.step for name, impl in runners.items()}, args.repeats, args.block)
         out(f"  {count:6d} " + " ".join(f"{statistics.median(times[n]) / count * 1e6:34.3f}" for n in names))
 
 
@@ -366,7 +403,8 @@ def main(argv=None) -> int:
     for line in machine_facts(args.threads):
         out(line)
     out(f"method: same float32 data for all, {args.warmup} warm-up steps, then {args.repeats} timed steps "
-        "per implementation taken in turns; median (and min) wall time of Optimizer.step / optimizer.step()")
+        f"per implementation, taken in turns of 1 untimed + {args.block} timed steps; median (and min) wall "
+        "time of Optimizer.step / optimizer.step()")
     out(f"load average at start (1/5/15 min): {_load()}; this process's nice value: {os.nice(0)}")
     args.impl_list = impls
     summary = []

@@ -383,6 +383,16 @@ class GradScaler:
             non_finite_check_and_unscale_(members, flag, inv_rep.get(xp, dev))
         return found_per_device
 
+    def _ready_to_unscale(self, optimizer, funcname: str) -> dict:
+        """``optimizer``'s record for this iteration, if its gradients may still be unscaled (torch's messages)."""
+        self._check_scale_growth_tracker(funcname)
+        state = self._opt_state(optimizer)
+        if state["stage"] is OptState.UNSCALED:
+            raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
+        if state["stage"] is OptState.STEPPED:
+            raise RuntimeError(f"{funcname}() is being called after step().")
+        return state
+
     def unscale_(self, optimizer, grads) -> None:
         """Divide ``grads`` by the scale, in place, and record whether any is NaN or infinite.
 
@@ -404,12 +414,7 @@ class GradScaler:
         """
         if not self._enabled:
             return
-        self._check_scale_growth_tracker("unscale_")
-        state = self._opt_state(optimizer)
-        if state["stage"] is OptState.UNSCALED:
-            raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
-        if state["stage"] is OptState.STEPPED:
-            raise RuntimeError("unscale_() is being called after step().")
+        state = self._ready_to_unscale(optimizer, "unscale_")
         grads = self._checked_grads(optimizer, grads)
         xp = array_namespace(self._scale)
         # FP32 division can be imprecise for some compile options, so torch takes the reciprocal in FP64.
@@ -457,14 +462,8 @@ class GradScaler:
         Disabled: plain :func:`ms_optim.clip_grad_norm_` of ``grads``.
         """
         if not self._enabled:
-            return clip_grad_norm_([g for g in grads if g is not None] if isinstance(grads, (list, tuple)) else grads,
-                                   max_norm, norm_type, error_if_nonfinite)
-        self._check_scale_growth_tracker("clip_grad_norm_")
-        state = self._opt_state(optimizer)
-        if state["stage"] is OptState.UNSCALED:
-            raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
-        if state["stage"] is OptState.STEPPED:
-            raise RuntimeError("clip_grad_norm_() is being called after step().")
+            return clip_grad_norm_(grads, max_norm, norm_type, error_if_nonfinite)
+        state = self._ready_to_unscale(optimizer, "clip_grad_norm_")
         grads = self._checked_grads(optimizer, grads)
         max_norm = _checked_bound("max_norm", max_norm)
         p = _checked_norm_type(norm_type)
