@@ -652,3 +652,67 @@ def test_step_clip_coef_is_clip_grads_with_norm_then_step(backend):
     muon = ms_optim.Muon([np.ones((3, 3))], lr=0.1)
     with pytest.raises(TypeError, match="Muon.step takes no grad_scale/found_inf/clip_coef"):
         muon.step([np.ones((3, 3))], clip_coef=0.5)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(values=st.lists(st.lists(st.one_of(st.floats(width=32, allow_nan=False, allow_infinity=False),
+                                          st.sampled_from([math.nan, math.inf, -math.inf, 0.0])),
+                                min_size=0, max_size=12), min_size=1, max_size=4),
+       dtype=st.sampled_from([np.float32, np.float64]), scale=st.floats(1e-3, 1e8),
+       max_norm=st.floats(0.0, 10.0), norm_type=st.sampled_from([2.0, 1.0, math.inf, 3.0, 0.5, 0.0]),
+       compiled=st.booleans())
+def test_property_fused_clip_is_the_separate_pair(values, dtype, scale, max_norm, norm_type, compiled):
+    """Any gradients (NaN, inf, zeros, empty, huge), any scale: the same norm, skip decision and step."""
+    from ms_optim.engine import reductions
+
+    saved = reductions.MIN_ELEMENTS
+    reductions.MIN_ELEMENTS = 0 if compiled else 1 << 62
+    try:
+        out = []
+        for fused in (True, False):
+            params = [np.linspace(-1, 1, len(v)).astype(dtype) for v in values]
+            opt = ms_optim.SGD(params, lr=0.1, momentum=0.9)
+            s = GradScaler(init_scale=scale)
+            s.scale(np.ones(()))
+            grads = [np.array(v, dtype=dtype) for v in values]
+            kept = [g.copy() for g in grads]
+            try:
+                with np.errstate(all="ignore"):
+                    if fused:
+                        norm = s.clip_grad_norm_(opt, grads, max_norm, norm_type)
+                    else:
+                        norm = clip_grad_norm_(grads, max_norm, norm_type)  # refuses before unscale_ writes
+                        for g, k in zip(grads, kept):
+                            np.copyto(g, k)
+                        s.unscale_(opt, grads)
+                        norm = clip_grad_norm_(grads, max_norm, norm_type)
+                    s.step(opt, grads)
+            except ValueError as exc:  # an empty gradient with an order that has no identity
+                out.append(("refused", str(exc)))
+                continue
+            s.update()
+            out.append((np.asarray(norm).tobytes(), s.get_scale(), [p.tobytes() for p in params],
+                        [np.asarray(opt.state[p].get("momentum_buffer", np.nan)).tobytes() for p in params]))
+        assert out[0] == out[1]
+    finally:
+        reductions.MIN_ELEMENTS = saved
+
+
+def test_a_kept_plan_does_not_let_a_misfit_gradient_through_unscale_():
+    """After steps that keep a plan, unscale_ still refuses a wrong shape before it writes anything."""
+    params = [np.ones(3), np.ones(2)]
+    opt = ms_optim.Adam(params, lr=0.1)
+    s = GradScaler(init_scale=4.0)
+    for _ in range(2):
+        s.scale(1.0)
+        s.step(opt, [np.ones(3), np.ones(2)])
+        s.update()
+    assert opt.__dict__.get("_step_plan") is not None
+    s.scale(1.0)
+    grads = [np.full(3, 8.0), np.full(3, 8.0)]
+    with pytest.raises(ValueError, match=r"grads\[1\] has shape \(3,\), its parameter \(2,\)"):
+        s.unscale_(opt, grads)
+    np.testing.assert_array_equal(grads[0], 8.0)
+    cast = [np.full(3, 8.0, np.float32), np.full(2, 8.0)]  # a cast gradient: the full checks, then the step
+    s.step(opt, cast)
+    assert opt.state[params[0]]["step"] == 3
