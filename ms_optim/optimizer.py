@@ -27,7 +27,6 @@ from .engine.namespace import (
     array_namespace,
     device,
     is_array,
-    is_numpy,
     is_real_floating,
     is_writeable,
     to_namespace,

@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["CHUNK", "PARALLEL_MIN_ELEMENTS", "ThreadPool", "chunked", "row_ranges"]
+__all__ = ["CHUNK", "PARALLEL_MIN_ELEMENTS", "ThreadPool", "chunked", "row_ranges", "row_spans", "run_parts"]
 
 #: elements per parallel work item: big enough to amortise the per-chunk setup
 #: and keep each thread streaming, small enough to balance a bucket over threads
@@ -68,19 +68,25 @@ def chunked_with_offsets(table, chunk: int, itemsize: int, n_arrays: int | None 
     return rows, source, offset * itemsize
 
 
-def row_ranges(table, threads: int) -> list:
-    """``table`` as up to ``threads`` contiguous row ranges (views) of about equal element counts."""
+def row_spans(table, threads: int) -> list[tuple[int, int]]:
+    """Up to ``threads`` non-empty ``(start, stop)`` row spans of about equal element counts (column 0)."""
     ends = np.cumsum(table[:, 0])
     total = int(ends[-1]) if len(ends) else 0
     cuts = [0, *np.searchsorted(ends, [total * k // threads for k in range(1, threads)], side="right"),
             len(table)]
-    return [table[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def row_ranges(table, threads: int) -> list:
+    """``table`` as up to ``threads`` contiguous row ranges (views) of about equal element counts."""
+    return [table[a:b] for a, b in row_spans(table, threads)]
 
 
 class ThreadPool:
     """A lazily grown pool of worker threads, rebuilt in a forked child (whose threads are gone)."""
 
-    def __init__(self):
+    def __init__(self, name: str = "ms_optim-cpu"):
+        self._name = name
         self._pool = None
         self._size = 0
         self._pid = 0
@@ -96,7 +102,7 @@ class ThreadPool:
             with self._lock:
                 if self._pool is None or self._size < workers:
                     old = self._pool
-                    self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ms_optim-cpu")
+                    self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=self._name)
                     self._size = workers
                     self._pid = os.getpid()
                     if old is not None:

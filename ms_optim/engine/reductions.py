@@ -58,13 +58,13 @@ Numerics, and how they compare with torch 2.13 (checked by
 from __future__ import annotations
 
 import math
-import os
 import threading
 import weakref
 from typing import Any
 
 import numpy as np
 
+from .cpu_threads import ThreadPool, row_spans, run_parts
 
 __all__ = [
     "CHUNK",
@@ -111,9 +111,7 @@ def is_cupy(a) -> bool:
 _kernels = None
 _kernels_error: BaseException | None = None
 _lock = threading.Lock()
-_pool: Any = None
-_pool_size = 0
-_pool_pid = 0
+_pool = ThreadPool("ms_optim-reduce")  # rebuilt in a forked child, as the cpu backend's
 
 
 # ------------------------------------------------------------------ when
@@ -220,39 +218,19 @@ def _threads() -> int:
 
 
 def _run(kernel, rows, outs: tuple, *args) -> None:
-    """``kernel(rows, *outs, *args)``, its rows split over threads when the bucket is large."""
+    """``kernel(rows, *outs, *args)``, its rows split over threads when the bucket is large.
+
+    Each thread gets a contiguous span of rows and the matching slices of
+    ``outs`` (one result per row), so no two threads write the same entry.
+    """
     total = int(rows[:, 0].sum())
     threads = _threads() if total >= PARALLEL_MIN_ELEMENTS else 1
     if threads <= 1 or len(rows) < 2:
         kernel(rows, *outs, *args)
         return
-    ends = np.cumsum(rows[:, 0])
-    cuts = [0, *np.searchsorted(ends, [total * k // threads for k in range(1, threads)], side="right"),
-            len(rows)]
-    spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-    pool = _thread_pool(len(spans) - 1)
-    futures = [pool.submit(kernel, rows[a:b], *(o[a:b] for o in outs), *args) for a, b in spans[1:]]
-    a, b = spans[0]
-    kernel(rows[a:b], *(o[a:b] for o in outs), *args)
-    for f in futures:
-        f.result()
-
-
-def _thread_pool(workers: int):
-    global _pool, _pool_size, _pool_pid
-    if _pool is not None and _pool_pid != os.getpid():  # a forked child: the threads stayed behind
-        _pool, _pool_size = None, 0
-    if _pool is None or _pool_size < workers:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with _lock:
-            if _pool is None or _pool_size < workers:
-                old = _pool
-                _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ms_optim-reduce")
-                _pool_size, _pool_pid = workers, os.getpid()
-                if old is not None:
-                    old.shutdown(wait=False)
-    return _pool
+    spans = row_spans(rows, threads)
+    parts = [(rows[a:b], *(o[a:b] for o in outs)) for a, b in spans]
+    run_parts(lambda part, extra: kernel(*part, *extra), parts, args, _pool.get(len(parts) - 1))
 
 
 # ------------------------------------------------------------------ norms
