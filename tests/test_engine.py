@@ -151,3 +151,18 @@ def test_rules_run_on_numpy_0d_float64_params():
     p = np.array(1.0)
     run_eager(rule, [p, np.array(3.0)], 1, {}, {}, np)
     assert p.shape == () and float(p) == 1.5
+
+
+def test_address_cache_follows_the_array_and_forgets_it_when_it_dies():
+    import gc
+
+    from ms_optim.engine.addresses import AddressCache
+
+    cache = AddressCache()
+    a = np.zeros(1000, np.float32)
+    assert cache(a) == a.ctypes.data and cache(a) == a.ctypes.data and len(cache) == 1
+    a.resize(10, refcheck=False)  # the buffer may move: the size change is seen, the address read again
+    assert cache(a) == a.ctypes.data
+    del a
+    gc.collect()
+    assert len(cache) == 0  # dropped before its id can be reused

@@ -47,6 +47,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import cpu_threads
+from .addresses import AddressCache
 from .cpu_cache import cache_dir, load_module
 from .cpu_codegen import DTYPES, emit_source, table_columns
 from .cpu_numba import CpuBackendUnavailable, check_numba_installed, default_threads, numba_support
@@ -129,7 +130,7 @@ class CpuBackend:
         self.parallel_min_elements = PARALLEL_MIN_ELEMENTS
         self.chunk = CHUNK
         self._pool = ThreadPool()
-        self._addresses: dict[int, tuple[int, int, Any]] = {}
+        self._address = AddressCache()  # p's and the state's addresses, kept while they live
         #: how many tensors ran compiled, through contiguous copies, or eagerly
         self.stats = {"kernels": 0, "compiled_tensors": 0, "copied_tensors": 0, "eager_tensors": 0}
         from .cpu_auto import AutoCpuBackend
@@ -309,23 +310,6 @@ class CpuBackend:
             return lambda: module.parallel(parts[0], h)
         pool = self._pool.get(len(parts) - 1)  # threads start now, not in the launch
         return lambda: run_parts(module.serial, parts, h, pool)
-
-    def _address(self, a) -> int:
-        """``a.ctypes.data`` (about 1 us), remembered while ``a`` lives (about 0.1 us).
-
-        An ndarray's buffer never moves while the array lives (an in-place
-        ``resize`` changes its size, which is checked), and the entry is
-        dropped by a weakref callback when the array dies, before its id can
-        be reused.
-        """
-        key = id(a)
-        entry = self._addresses.get(key)
-        if entry is not None and entry[1] == a.size:
-            return entry[0]
-        addresses = self._addresses
-        ref = weakref.ref(a, lambda _, key=key: addresses.pop(key, None))
-        entry = addresses[key] = (a.ctypes.data, a.size, ref)
-        return entry[0]
 
     def _eager(self, rule, static, scalars, layout: Layout, tensors, xp) -> None:
         for arrays in tensors:
