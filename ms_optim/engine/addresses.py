@@ -5,9 +5,9 @@ costs about a microsecond (it builds a ctypes object); a gradient or a state
 array is usually the same array step after step, so an :class:`AddressCache`
 keeps each array's address keyed by its ``id`` and reads it back in a
 dictionary lookup. It is safe because an ndarray's buffer never moves while
-the array lives (an in-place ``resize`` changes its size, which is checked),
-and a weakref callback drops the entry when the array dies, before its id
-can be reused.
+the array lives (NumPy refuses an in-place ``resize`` of an array that has a
+weakref; the size is checked as well), and a weakref callback drops the entry
+when the array dies, before its id can be reused.
 """
 
 from __future__ import annotations
