@@ -24,6 +24,7 @@ from .engine.stages import Tensors
 from .flat import StateArena
 from .step_plan import GRAD_MULTIPLIERS, Bucket, History, StepPlan, multiplying
 from .engine.namespace import (
+    _to_host,
     array_namespace,
     device,
     is_array,
@@ -448,6 +449,8 @@ class Optimizer:
             if not (math.isfinite(scale) and scale > 0):
                 raise ValueError(f"grad_scale must be a positive finite number, got {scale}")
             multipliers["inv_grad_scale"] = float(np.float32(1.0 / scale))  # torch: scale.double().reciprocal().float()
+        if found_inf is not None and clip_coef is not None:
+            found_inf, clip_coef = _read_together(found_inf, clip_coef)
         skip = found_inf is not None and check_real("found_inf", found_inf) != 0
         if clip_coef is not None:
             coef = check_real("clip_coef", clip_coef)
@@ -1005,6 +1008,25 @@ def _check_no_overlap(named: list) -> None:
                     "must belong to one parameter, or an update would be applied to it twice"
                 )
         open_spans.append((low, high, name, p))
+
+
+def _read_together(a, b):
+    """``a`` and ``b`` copied to the host in one transfer when both are 0-d real arrays on one device.
+
+    GradScaler's found-inf flag and clip coefficient live on the gradients'
+    device; reading them one by one would be two device syncs a step, not
+    one. Anything else (NumPy arrays, numbers, a malformed value) comes back
+    as it is, for the caller's checks.
+    """
+    if not (is_array(a) and is_array(b)) or type(a) is np.ndarray or type(b) is np.ndarray:
+        return a, b
+    xp = array_namespace(a)
+    if (array_namespace(b) is not xp or getattr(a, "ndim", None) != 0 or getattr(b, "ndim", None) != 0
+            or device(a) != device(b)
+            or not all(xp.isdtype(x.dtype, ("real floating", "signed integer", "unsigned integer")) for x in (a, b))):
+        return a, b
+    both = np.asarray(_to_host(xp.stack([xp.astype(a, xp.float64), xp.astype(b, xp.float64)]), xp))
+    return both[0], both[1]
 
 
 def _checked_grad(i: int, p, g):

@@ -716,3 +716,27 @@ def test_a_kept_plan_does_not_let_a_misfit_gradient_through_unscale_():
     cast = [np.full(3, 8.0, np.float32), np.full(2, 8.0)]  # a cast gradient: the full checks, then the step
     s.step(opt, cast)
     assert opt.state[params[0]]["step"] == 3
+
+
+def test_found_inf_and_clip_coef_of_another_namespace_are_read_together(monkeypatch):
+    """On a device the flag and the coefficient come to the host in one transfer; the step is the same."""
+    xps = pytest.importorskip("array_api_strict")
+    import ms_optim.optimizer as optimizer_module
+
+    calls = []
+    real = optimizer_module._to_host
+    monkeypatch.setattr(optimizer_module, "_to_host", lambda v, xp: calls.append(v.shape) or real(v, xp))
+    results = []
+    for found, coef in ((xps.asarray(0.0), xps.asarray(0.25, dtype=xps.float32)), (0.0, 0.25)):
+        w = xps.asarray([1.0, 2.0])
+        opt = ms_optim.SGD([w], lr=0.1)
+        opt.step([xps.asarray([4.0, 4.0])], found_inf=found, clip_coef=coef)
+        results.append(np.asarray(w).tolist())
+    assert results[0] == results[1] == [1.0 - 0.1, 2.0 - 0.1]
+    assert calls == [(2,)]  # one stacked transfer for the two arrays, none for the numbers
+    w = xps.asarray([1.0, 2.0])
+    opt = ms_optim.SGD([w], lr=0.1)
+    opt.step([xps.asarray([4.0, 4.0])], found_inf=xps.asarray(1.0), clip_coef=xps.asarray(0.5))
+    assert np.asarray(w).tolist() == [1.0, 2.0]  # skipped
+    with pytest.raises(ValueError, match="clip_coef must be a number or a 0-d array"):
+        opt.step([xps.asarray([4.0, 4.0])], found_inf=xps.asarray(0.0), clip_coef=xps.asarray([0.5]))
