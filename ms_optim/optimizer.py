@@ -443,14 +443,14 @@ class Optimizer:
         if not self._step_supports_amp_scaling:
             raise TypeError(f"{type(self).__name__}.step takes no grad_scale/found_inf/clip_coef: unscale and "
                             "clip the gradients first (GradScaler.step does, for such optimizers)")
+        # on a device, one transfer brings every number this step needs to the host
+        grad_scale, found_inf, clip_coef = _read_together(grad_scale, found_inf, clip_coef)
         multipliers = {}
         if grad_scale is not None:
             scale = check_real("grad_scale", grad_scale)
             if not (math.isfinite(scale) and scale > 0):
                 raise ValueError(f"grad_scale must be a positive finite number, got {scale}")
             multipliers["inv_grad_scale"] = float(np.float32(1.0 / scale))  # torch: scale.double().reciprocal().float()
-        if found_inf is not None and clip_coef is not None:
-            found_inf, clip_coef = _read_together(found_inf, clip_coef)
         skip = found_inf is not None and check_real("found_inf", found_inf) != 0
         if clip_coef is not None:
             coef = check_real("clip_coef", clip_coef)
@@ -1010,23 +1010,25 @@ def _check_no_overlap(named: list) -> None:
         open_spans.append((low, high, name, p))
 
 
-def _read_together(a, b):
-    """``a`` and ``b`` copied to the host in one transfer when both are 0-d real arrays on one device.
+def _read_together(*values) -> tuple:
+    """``values`` copied to the host in one transfer when they are all 0-d real arrays on one device.
 
-    GradScaler's found-inf flag and clip coefficient live on the gradients'
-    device; reading them one by one would be two device syncs a step, not
-    one. Anything else (NumPy arrays, numbers, a malformed value) comes back
-    as it is, for the caller's checks.
+    GradScaler's scale, found-inf flag and clip coefficient live on the
+    gradients' device; reading them one by one would be a device sync each.
+    None entries stay None; anything else (NumPy arrays, numbers, a malformed
+    value) leaves every value as it is, for the caller's checks.
     """
-    if not (is_array(a) and is_array(b)) or type(a) is np.ndarray or type(b) is np.ndarray:
-        return a, b
-    xp = array_namespace(a)
-    if (array_namespace(b) is not xp or getattr(a, "ndim", None) != 0 or getattr(b, "ndim", None) != 0
-            or device(a) != device(b)
-            or not all(xp.isdtype(x.dtype, ("real floating", "signed integer", "unsigned integer")) for x in (a, b))):
-        return a, b
-    both = np.asarray(_to_host(xp.stack([xp.astype(a, xp.float64), xp.astype(b, xp.float64)]), xp))
-    return both[0], both[1]
+    arrays = [v for v in values if v is not None]
+    if len(arrays) < 2 or not all(is_array(v) and type(v) is not np.ndarray for v in arrays):
+        return values
+    xp = array_namespace(arrays[0])
+    dev = device(arrays[0])
+    for v in arrays:
+        if (array_namespace(v) is not xp or getattr(v, "ndim", None) != 0 or device(v) != dev
+                or not xp.isdtype(v.dtype, ("real floating", "signed integer", "unsigned integer"))):
+            return values
+    host = iter(np.asarray(_to_host(xp.stack([xp.astype(v, xp.float64) for v in arrays]), xp)))
+    return tuple(None if v is None else next(host) for v in values)
 
 
 def _checked_grad(i: int, p, g):

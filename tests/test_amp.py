@@ -718,8 +718,8 @@ def test_a_kept_plan_does_not_let_a_misfit_gradient_through_unscale_():
     assert opt.state[params[0]]["step"] == 3
 
 
-def test_found_inf_and_clip_coef_of_another_namespace_are_read_together(monkeypatch):
-    """On a device the flag and the coefficient come to the host in one transfer; the step is the same."""
+def test_scale_flag_and_clip_coef_of_another_namespace_are_read_together(monkeypatch):
+    """On a device the scale, the flag and the coefficient come to the host in one transfer; the step is the same."""
     xps = pytest.importorskip("array_api_strict")
     import ms_optim.optimizer as optimizer_module
 
@@ -727,13 +727,14 @@ def test_found_inf_and_clip_coef_of_another_namespace_are_read_together(monkeypa
     real = optimizer_module._to_host
     monkeypatch.setattr(optimizer_module, "_to_host", lambda v, xp: calls.append(v.shape) or real(v, xp))
     results = []
-    for found, coef in ((xps.asarray(0.0), xps.asarray(0.25, dtype=xps.float32)), (0.0, 0.25)):
+    for scale, found, coef in ((xps.asarray(2.0, dtype=xps.float32), xps.asarray(0.0),
+                                xps.asarray(0.25, dtype=xps.float32)), (2.0, 0.0, 0.25)):
         w = xps.asarray([1.0, 2.0])
         opt = ms_optim.SGD([w], lr=0.1)
-        opt.step([xps.asarray([4.0, 4.0])], found_inf=found, clip_coef=coef)
+        opt.step([xps.asarray([8.0, 8.0])], grad_scale=scale, found_inf=found, clip_coef=coef)
         results.append(np.asarray(w).tolist())
     assert results[0] == results[1] == [1.0 - 0.1, 2.0 - 0.1]
-    assert calls == [(2,)]  # one stacked transfer for the two arrays, none for the numbers
+    assert calls == [(3,)]  # one stacked transfer for the three arrays, none for the numbers
     w = xps.asarray([1.0, 2.0])
     opt = ms_optim.SGD([w], lr=0.1)
     opt.step([xps.asarray([4.0, 4.0])], found_inf=xps.asarray(1.0), clip_coef=xps.asarray(0.5))
