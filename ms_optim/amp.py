@@ -363,7 +363,7 @@ class GradScaler:
             checker(grads)  # ms_optim's own checks: count, namespace, shape, device, dtype
         for i, g in enumerate(grads):
             if g is not None:
-                _check_grad(f"grads[{i}]", g)
+                _check_grad("grads", i, g)
         return grads
 
     def _unscale_grads_(self, grads: list, inv_scale, found_inf, allow_fp16: bool) -> dict:
@@ -716,8 +716,16 @@ class GradScaler:
 
 
 def _refuse_fp16(grads: list) -> None:
+    ndarray = np.ndarray
     for i, g in enumerate(grads):
-        if g is not None and (g.dtype == np.float16 if type(g) is np.ndarray else str(g.dtype) == "float16"):
+        if g is None:
+            continue
+        if type(g) is ndarray:
+            d = g.dtype
+            half = d.kind == "f" and d.itemsize == 2  # attribute reads: a dtype comparison costs more
+        else:
+            half = str(g.dtype) == "float16"
+        if half:
             raise ValueError(f"Attempting to unscale FP16 gradients. (grads[{i}] is float16)")
 
 

@@ -60,14 +60,16 @@ def _grad_list(grads, name: str = "grads") -> list:
     for i, g in enumerate(grads):
         if g is None:
             continue
-        _check_grad(f"{name}[{i}]", g)
+        _check_grad(name, i, g)
         out.append(g)
     return out
 
 
-def _check_grad(where: str, g) -> None:
+def _check_grad(name: str, i: int, g) -> None:
+    """``g``, entry ``i`` of the list ``name``, is a writeable real floating array (named in the error)."""
     if type(g) is np.ndarray and g.dtype.kind == "f" and g.flags.writeable:
-        return  # the common case, without the generic checks' per-array cost
+        return  # the common case, without the generic checks' per-array cost (nor the name's)
+    where = f"{name}[{i}]"
     if not is_array(g) or not hasattr(g, "shape"):
         raise TypeError(f"{where} must be an array or None, got {type(g).__name__}")
     xp = array_namespace(g)
