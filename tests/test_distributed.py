@@ -349,3 +349,23 @@ def test_one_rank_nccl_on_gpu():
         zero.step(g)
         adamw.step(g)
     assert all(bool(cupy.all(a == b)) for a, b in zip(params, ref))
+
+
+def test_zero_checks_each_gradient_as_the_unsharded_optimizer_does():
+    """One set of gradient checks serves both: every rank refuses alike, before anything changes."""
+    p = [np.ones(3), np.ones((2, 2))]
+    zero = ZeroRedundancyOptimizer(p, ms_optim.AdamW, comm=FakeNccl())
+    for bad, exc, match in [
+        ([np.ones(3), np.ones(4)], ValueError, r"grads\[1\] has shape \(4,\), its parameter \(2, 2\)"),
+        ([np.ma.masked_array(np.ones(3)), None], TypeError, r"grads\[0\] is a MaskedArray"),
+        ([np.ones(3, np.int64), None], TypeError, r"grads\[0\] has dtype int64"),
+        ([np.float64(1.0), None], TypeError, r"grads\[0\] must be an array or None"),
+    ]:
+        with pytest.raises(exc, match=match):
+            zero.step(bad)
+        np.testing.assert_array_equal(p[0], 1.0)
+    p32 = [np.ones(3, np.float32)]
+    zero32 = ZeroRedundancyOptimizer(p32, ms_optim.AdamW, comm=FakeNccl())
+    with pytest.raises(ValueError, match=r"grads\[0\] has finite float64 values beyond the range"):
+        zero32.step([np.full(3, 1e300)])
+    np.testing.assert_array_equal(p32[0], 1.0)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import array_api_compat
 import numpy as np
 
-from ..optimizer import Optimizer, ParamState
+from ..optimizer import Optimizer, ParamState, _checked_grad
 from . import _buckets
 from ._comm import transport
 
@@ -419,26 +418,5 @@ def _checked_grads(grads, params) -> list:
             continue
         if not (hasattr(g, "shape") and hasattr(g, "dtype")) or isinstance(g, np.generic):
             raise TypeError(f"grads[{i}] must be an array or None, got {type(g).__name__}")
-        xp = array_api_compat.array_namespace(p)
-        try:
-            gxp = array_api_compat.array_namespace(g)
-        except TypeError:
-            gxp = None
-        if gxp is not xp:
-            raise TypeError(f"grads[{i}] is a {type(g).__module__}.{type(g).__name__} but its parameter "
-                            f"a {type(p).__module__}.{type(p).__name__}")
-        if tuple(g.shape) != tuple(p.shape):
-            raise ValueError(f"grads[{i}] has shape {tuple(g.shape)}, its parameter {tuple(p.shape)}")
-        if str(array_api_compat.device(g)) != str(array_api_compat.device(p)):
-            raise ValueError(f"grads[{i}] is on device {array_api_compat.device(g)}, its parameter on "
-                             f"{array_api_compat.device(p)}")
-        if g.dtype != p.dtype:
-            if not xp.isdtype(g.dtype, "real floating"):
-                raise TypeError(f"grads[{i}] has dtype {g.dtype}; a real floating-point gradient is needed")
-            if xp.finfo(g.dtype).max > xp.finfo(p.dtype).max:
-                with np.errstate(all="ignore"):
-                    big = xp.any(xp.isinf(xp.astype(g, p.dtype)) & xp.isfinite(g))
-                if bool(big):
-                    raise ValueError(f"grads[{i}] has finite {g.dtype} values beyond the range of its parameter's "
-                                     f"dtype {p.dtype}; they would become inf")
+        _checked_grad(i, p, g)  # the unsharded optimizer's checks: namespace, shape, device, dtype and range
     return grads
