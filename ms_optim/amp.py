@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from .checks import check_bool, check_real
-from .clipping import (_check_empty_norm, _check_grad, _checked_bound, _checked_norm_type,
-                       _clip_coefficient, _clip_with_norm, _compute_dtype, _groups, _move, _total_norm,
+from .clipping import (_check_empty_norm, _check_grad, _checked_bound, _checked_norm_type, _clip_coefficient,
+                       _clip_with_norm, _compute_dtype, _groups, _move, _numpy_all_finite, _total_norm,
                        clip_grad_norm_)
 from .engine import reductions
 from .engine.namespace import array_namespace, device, is_array, is_numpy, is_real_number
@@ -107,17 +107,6 @@ def _numpy_check_and_unscale_(grads, found_inf, inv_scale, compute) -> None:
                 np.multiply(g, inv, out=g, casting="unsafe")
     if found:
         found_inf[...] = 1.0
-
-
-def _numpy_all_finite(g: np.ndarray) -> bool:
-    a = g.reshape(-1)
-    if a.dtype != np.float16:
-        # A finite sum of squares proves every entry finite (one BLAS pass, no
-        # temporary); only an overflowing sum needs the exact check.
-        s = np.dot(a, a)
-        if math.isfinite(s):
-            return True
-    return bool(math.isfinite(a.max()) and math.isfinite(a.min()))
 
 
 def update_scale_(scale, growth_tracker, found_inf, growth_factor: float, backoff_factor: float,
